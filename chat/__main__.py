@@ -1,0 +1,112 @@
+"""Command line: `python -m chat [--config PATH] [--host HOST] [--port PORT] [--log-level L]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from chat.app import create_app
+from chat.config import Config, ConfigError, load_config
+
+logger = logging.getLogger("chat")
+
+EXIT_CONFIG = 2
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, got {port}")
+    return port
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m chat", description="Run the chat server."
+    )
+    parser.add_argument("--config", help="YAML configuration file (default: $CHAT_CONFIG, "
+                        "else ./config.yaml if present, else built-in defaults)")
+    parser.add_argument("--host", help="address to listen on (overrides server.host)")
+    parser.add_argument("--port", type=_port, help="port to listen on, 0 for a free one "
+                        "(overrides server.port)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        help="logging threshold (default INFO)")
+    return parser
+
+
+def _with_overrides(config: Config, host: str | None, port: int | None) -> Config:
+    server = config.server
+    if host is not None:
+        server = dataclasses.replace(server, host=host)
+    if port is not None:
+        server = dataclasses.replace(server, port=port)
+    return dataclasses.replace(config, server=server)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(app: web.Application, config: Config) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down within `server.shutdown_timeout`."""
+    budget = config.server.shutdown_timeout
+    # Half the budget for closing WebSockets (on_shutdown), half for the rest.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise SystemExit(f"cannot listen on {config.server.host}:{config.server.port}: "
+                         f"{err.strerror or err}") from None
+    port = runner.addresses[0][1]
+    print(f"listening on http://{_url_host(config.server.host)}:{port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("signal received: shutting down")
+    try:
+        async with asyncio.timeout(budget):
+            await runner.cleanup()
+    except TimeoutError:
+        logger.warning("shutdown took longer than %ss; exiting anyway", budget)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = _with_overrides(load_config(args.config), args.host, args.port)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        app = create_app(config)
+    except ValueError as err:
+        print(f"{config.source or 'defaults'}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    asyncio.run(serve(app, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Message history: one store interface, one module per backend.
+
+The hub only ever talks to `HistoryStore`; which backend sits behind it is a line of
+configuration. The pure decisions (what a join replays, what a page holds) are here so
+every backend answers them the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    room: str
+    id: int
+    nick: str
+    text: str
+    ts: int
+    cid: str | None
+
+    def frame(self) -> dict[str, Any]:
+        """The `message` frame exactly as broadcast (also the item of `joined`/`history`)."""
+        return {
+            "type": "message",
+            "room": self.room,
+            "id": self.id,
+            "nick": self.nick,
+            "text": self.text,
+            "ts": self.ts,
+            "cid": self.cid,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a `joined` carries: the room's epoch, the messages, and whether nothing is missing."""
+
+    epoch: str
+    messages: list[Message]
+    complete: bool
+    last_id: int  # the newest id stored when the replay was read
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    messages: list[Message]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    after: int  # replay messages with id > after ...
+    newest: int | None  # ... keeping only the newest this many (None: all of them)
+    complete: bool
+
+
+def plan_replay(
+    since: int | None,
+    client_epoch: str | None,
+    epoch: str,
+    first_id: int,
+    last_id: int,
+    replay: int,
+) -> ReplayPlan:
+    """Decide what a join replays.
+
+    `first_id` is the oldest id still stored (last_id + 1 when none is), `last_id` the
+    newest id ever assigned in this epoch (0 when none).
+    """
+    recovering = since is not None and (client_epoch is None or client_epoch == epoch)
+    if not recovering or since is None or since > last_id:
+        # A fresh join, or a recovery point from another history: newest `replay`.
+        return ReplayPlan(after=0, newest=replay, complete=since is None)
+    # Messages since+1 .. first_id-1 were trimmed by retention.
+    return ReplayPlan(after=since, newest=None, complete=since + 1 >= first_id)
+
+
+class HistoryStore(Protocol):
+    """Where messages live; ids are per room, consecutive from 1."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None:
+        """Flush and release; after this nothing is lost that was acknowledged."""
+
+    async def check(self) -> str:
+        """'ok' when the backend answers, else a short reason."""
+
+    async def append(
+        self, room: str, nick: str, key: str, text: str, cid: str | None, ts: int
+    ) -> tuple[Message, bool]:
+        """Store a message, or return the stored one with the same (room, key, cid).
+
+        The bool is True when the message is new. Returns once the message is durable.
+        """
+
+    async def find(self, room: str, key: str, cid: str) -> Message | None: ...
+
+    async def replay(
+        self, room: str, since: int | None, client_epoch: str | None, replay: int
+    ) -> Replay: ...
+
+    async def page(self, room: str, before: int | None, limit: int) -> Page: ...
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with stored messages, with its newest id."""

@@ -1,0 +1,17 @@
+"""Every piece of application state, under one typed key each (no module globals)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from chat.config import Config
+from chat.history import HistoryStore
+from chat.hub import Hub
+from chat.metrics import Metrics
+
+CONFIG: Final = web.AppKey("config", Config)
+HUB: Final = web.AppKey("hub", Hub)
+HISTORY: Final = web.AppKey("history", HistoryStore)
+METRICS: Final = web.AppKey("metrics", Metrics)

@@ -1,0 +1,276 @@
+"""The wire protocol, sans I/O: client text frames to typed events, server events to bytes.
+
+Nothing here touches a socket or an event loop, so every rule can be tested with plain
+synchronous tests. Semantic rules that need no server state (nick, room and text
+validity) live here too; rules that need state (membership, uniqueness) live in the hub.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+VERSION: Final = 1
+LEGACY_HEARTBEAT: Final = "~h#c~"
+LEGACY_HEARTBEAT_BYTES: Final = LEGACY_HEARTBEAT.encode()
+
+MAX_NICK: Final = 32
+MAX_CID: Final = 64
+HISTORY_DEFAULT_LIMIT: Final = 50
+HISTORY_MAX_LIMIT: Final = 100
+
+ROOM_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_NICK_EXTRA: Final = frozenset("_-.")
+_TEXT_ALLOWED_CC: Final = frozenset("\t\n")
+
+
+# Close codes of the contract (section 3).
+class Close:
+    NORMAL: Final = 1000
+    GOING_AWAY: Final = 1001
+    UNSUPPORTED: Final = 1003
+    INVALID_DATA: Final = 1007
+    POLICY: Final = 1008
+    TOO_BIG: Final = 1009
+    INTERNAL: Final = 1011
+    HEARTBEAT_TIMEOUT: Final = 4000
+    SLOW_CONSUMER: Final = 4001
+    REPLACED: Final = 4002
+    UNAUTHORIZED: Final = 4003
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    nick: str | None
+    session: str | None
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    since: int | None
+    epoch: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    room: str
+    text: str
+    cid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    room: str
+    before: int | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    t: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyPing:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A frame that gets an `error` reply instead of an effect."""
+
+    code: str
+    message: str
+    ref: str | None
+    retry_after: float | None = None
+
+
+ClientEvent = Hello | Join | Leave | Say | Typing | HistoryRequest | Ping | LegacyPing
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _BadField(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _str(obj: dict[str, Any], key: str, *, optional: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise _BadField(f"'{key}' must be a string")
+    return value
+
+
+def _int(obj: dict[str, Any], key: str, *, low: int, high: int | None = None) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python but not in JSON.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _BadField(f"'{key}' must be an integer")
+    if value < low or (high is not None and value > high):
+        bounds = f"{low} to {high}" if high is not None else f">= {low}"
+        raise _BadField(f"'{key}' must be {bounds}")
+    return value
+
+
+def _valid_cid(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= MAX_CID
+
+
+def _ref(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return None
+    cid = obj.get("cid")
+    if _valid_cid(cid):
+        return str(cid)
+    kind = obj.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def _build(kind: str, obj: dict[str, Any]) -> ClientEvent:
+    if kind == "ping":
+        return Ping(obj.get("t"))
+    if kind == "hello":
+        return Hello(
+            _str(obj, "nick", optional=True),
+            _str(obj, "session", optional=True),
+            _str(obj, "token", optional=True),
+        )
+    room = _str(obj, "room")
+    assert room is not None
+    if kind == "join":
+        return Join(room, _int(obj, "since", low=0), _str(obj, "epoch", optional=True))
+    if kind == "leave":
+        return Leave(room)
+    if kind == "say":
+        text = _str(obj, "text")
+        assert text is not None
+        cid = obj.get("cid")
+        if cid is not None and not _valid_cid(cid):
+            raise _BadField(f"'cid' must be a string of 1 to {MAX_CID} characters")
+        return Say(room, text, cid)
+    if kind == "typing":
+        return Typing(room)
+    if kind == "history":
+        limit = _int(obj, "limit", low=1, high=HISTORY_MAX_LIMIT)
+        before = _int(obj, "before", low=0)
+        return HistoryRequest(room, before, HISTORY_DEFAULT_LIMIT if limit is None else limit)
+    raise AssertionError(kind)
+
+
+_KINDS: Final = frozenset({"hello", "join", "leave", "say", "typing", "history", "ping"})
+
+
+def parse(text: str) -> ClientEvent | Invalid:
+    """Turn one inbound text frame into an event, or into the error it deserves."""
+    if text == LEGACY_HEARTBEAT:
+        return LegacyPing()
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson also refuses lone surrogates and nesting past its recursion limit.
+        return Invalid("bad_json", "frame is not valid JSON", None)
+    if not isinstance(obj, dict):
+        return Invalid("bad_request", "frame must be a JSON object", None)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        return Invalid("bad_request", "'type' must be a string", _ref(obj))
+    if kind not in _KINDS:
+        return Invalid("unknown_type", f"unknown type {kind[:40]!r}", _ref(obj))
+    try:
+        return _build(kind, obj)
+    except _BadField as err:
+        return Invalid("bad_request", err.message, _ref(obj))
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def normalize_nick(raw: str) -> str | None:
+    """The nick's normal form (NFKC), or None when it breaks the nick rules."""
+    nick = unicodedata.normalize("NFKC", raw)
+    if not 1 <= len(nick) <= MAX_NICK:
+        return None
+    for ch in nick:
+        if ch in _NICK_EXTRA:
+            continue
+        if unicodedata.category(ch)[0] not in "LN":
+            return None
+    return nick
+
+
+def nick_key(nick: str) -> str:
+    """What nicks are compared by: NFKC then casefold (casefold can leave NFKC, so redo it)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", nick).casefold())
+
+
+def valid_room(name: str) -> bool:
+    return ROOM_RE.fullmatch(name) is not None
+
+
+def text_problem(text: str, max_text: int) -> Invalid | None:
+    """Why a message text is refused, or None; length is checked before content."""
+    if len(text) > max_text:
+        return Invalid("text_too_long", f"text is longer than {max_text} characters", None)
+    if not text or text.isspace():
+        return Invalid("text_invalid", "text is empty or only white space", None)
+    for ch in text:
+        if ch not in _TEXT_ALLOWED_CC and unicodedata.category(ch) == "Cc":
+            return Invalid("text_invalid", "text contains control characters", None)
+    return None
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    return orjson.dumps(frame)
+
+
+def error_frame(
+    code: str, message: str, ref: str | None, retry_after: float | None = None
+) -> bytes:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message, "ref": ref}
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
+    return orjson.dumps(frame)
+
+
+def pong_frame(t: Any, ts: int) -> bytes:
+    return orjson.dumps({"type": "pong", "t": t, "ts": ts})
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """A complete unmasked server close frame, for closing without the WebSocket layer."""
+    payload = struct.pack("!H", code) + reason.encode()[:123]
+    return bytes((0x88, len(payload))) + payload
+
+
+def sort_nicks(nicks: list[str]) -> list[str]:
+    return sorted(nicks, key=lambda n: (nick_key(n), n))

@@ -1,0 +1,26 @@
+"""Token buckets: the decision is pure, time is passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    rate: float  # tokens added per second
+    burst: float  # capacity
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, messages: float, per: float, burst: float, now: float) -> TokenBucket:
+        return cls(rate=messages / per, burst=burst, tokens=burst, updated=now)
+
+    def take(self, now: float) -> float:
+        """Spend one token; 0.0 when allowed, else the seconds until one is available."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate

@@ -1,0 +1,81 @@
+"""HTTP endpoints other than the WebSocket: the page, health, readiness, metrics, rooms."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp_jinja2
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from chat import __version__
+from chat.keys import CONFIG, HISTORY, HUB, METRICS
+from chat.metrics import CONTENT_TYPE
+
+logger = logging.getLogger(__name__)
+
+CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared:
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        if response.content_type == "text/html":
+            headers.setdefault("Content-Security-Policy", CSP)
+            headers.setdefault("X-Frame-Options", "DENY")
+    return response
+
+
+@aiohttp_jinja2.template("index.html")
+async def index(request: web.Request) -> dict[str, Any]:
+    config = request.app[CONFIG]
+    return {
+        "ws_path": "/ws",
+        "max_text": config.limits.max_text,
+        "static_version": __version__,
+    }
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        history = await request.app[HISTORY].check()
+    except Exception as err:  # a readiness probe reports, it does not crash
+        logger.warning("history backend check failed: %s", err)
+        history = f"error: {err}"
+    backends = {"history": history}
+    ok = all(value == "ok" for value in backends.values())
+    return web.json_response(
+        {"status": "ok" if ok else "unavailable", "backends": backends},
+        status=200 if ok else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def api_rooms(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[HUB].room_list())
+
+
+def setup_routes(app: web.Application, static_dir: Path) -> None:
+    app.router.add_get("/", index, name="index")
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/rooms", api_rooms)
+    app.router.add_static("/static", static_dir, name="static")

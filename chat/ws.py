@@ -1,0 +1,168 @@
+"""The one WebSocket handler: check the upgrade, register, read, dispatch, release.
+
+Three tasks serve a connection. The handler task reads frames, stamps liveness and
+answers heartbeats at once. A dispatcher task handles requests one at a time, in the
+order received, so replies keep that order even when one waits on storage. A writer
+task (see `connection.py`) sends what both queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from aiohttp import WSMsgType, web
+
+from chat import protocol
+from chat.connection import CLOSE_TIMEOUT, Connection
+from chat.hub import DROPPED, Hub, Outcome, now_ms
+from chat.keys import HUB
+from chat.protocol import Close, Invalid
+
+logger = logging.getLogger(__name__)
+
+MAX_ERRORS_IN_ROW: Final = 10
+# Requests read but not yet handled; past this the reader stops reading, which pushes
+# back on the client through TCP instead of growing memory.
+REQUEST_BACKLOG: Final = 64
+
+# The reader tells the dispatcher that a heartbeat was answered (it resets the count
+# of errors in a row, in request order).
+_HEARTBEAT: Final = object()
+
+_KIND: Final = {
+    protocol.Hello: "hello",
+    protocol.Join: "join",
+    protocol.Leave: "leave",
+    protocol.Say: "say",
+    protocol.Typing: "typing",
+    protocol.HistoryRequest: "history",
+}
+
+Request = protocol.ClientEvent | Invalid | object
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    if hub.shutting_down:
+        raise web.HTTPServiceUnavailable(text="server shutting down\n")
+    limits = hub.config.limits
+    ws = web.WebSocketResponse(
+        autoping=False,  # protocol pongs must reach us: they count as liveness
+        compress=False,  # the contract: no permessage-deflate
+        max_msg_size=limits.max_frame,
+        timeout=CLOSE_TIMEOUT,
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    conn = Connection(ws, transport, request.remote or "?", hub.clock(), limits.send_buffer)
+    hub.register(conn)
+    conn.start_writer()
+    requests: asyncio.Queue[Request] = asyncio.Queue(REQUEST_BACKLOG)
+    dispatcher = asyncio.create_task(_dispatch(hub, conn, requests), name="ws-dispatch")
+    try:
+        await _read(hub, conn, ws, requests)
+    finally:
+        hub.release(conn, "timeout" if conn.close_code == Close.HEARTBEAT_TIMEOUT else "closed")
+        dispatcher.cancel()
+        await asyncio.gather(dispatcher, return_exceptions=True)
+        await conn.finish()
+        _log_end(hub, conn, ws)
+    return ws
+
+
+async def _read(
+    hub: Hub, conn: Connection, ws: web.WebSocketResponse, requests: asyncio.Queue[Request]
+) -> None:
+    async for msg in ws:
+        conn.last_seen = hub.clock()
+        if conn.closing:
+            continue  # drain until the close handshake ends the loop
+        kind = msg.type
+        if kind is WSMsgType.TEXT:
+            event = protocol.parse(msg.data)
+            if isinstance(event, protocol.LegacyPing):
+                conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
+                await requests.put(_HEARTBEAT)
+            elif isinstance(event, protocol.Ping):
+                # Answered here, ahead of requests still waiting on storage.
+                conn.send(protocol.pong_frame(event.t, now_ms()))
+                await requests.put(_HEARTBEAT)
+            else:
+                await requests.put(event)
+        elif kind is WSMsgType.PING:
+            conn.send(msg.data, WSMsgType.PONG)
+        elif kind is WSMsgType.PONG:
+            pass  # liveness is all a pong carries
+        elif kind is WSMsgType.BINARY:
+            conn.close(Close.UNSUPPORTED, "binary frames are not accepted")
+        elif kind is WSMsgType.ERROR:
+            # aiohttp has already closed with the matching code (1009 too big, 1007
+            # bad UTF-8, 1002 protocol error).
+            conn.close_code = ws.close_code
+            conn.close_reason = str(ws.exception() or "")
+            return
+
+
+async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]) -> None:
+    while not conn.closing:
+        request = await requests.get()
+        if request is _HEARTBEAT:
+            conn.errors_in_row = 0
+            continue
+        try:
+            outcome = await _handle(hub, conn, request)
+        except Exception:
+            logger.exception("request failed on connection from %s", conn.remote)
+            conn.close(Close.INTERNAL, "unexpected server error")
+            return
+        if outcome is DROPPED:
+            continue
+        if isinstance(outcome, Invalid):
+            _send_error(hub, conn, outcome, request)
+        else:
+            conn.errors_in_row = 0
+
+
+async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
+    if isinstance(request, Invalid):
+        return request
+    if conn.session is None and not isinstance(request, protocol.Hello):
+        return Invalid("hello_required", "say hello first", None)
+    match request:
+        case protocol.Hello():
+            return hub.hello(conn, request)
+        case protocol.Join():
+            return await hub.join(conn, request)
+        case protocol.Leave():
+            return hub.leave(conn, request)
+        case protocol.Say():
+            return await hub.say(conn, request)
+        case protocol.Typing():
+            return hub.typing(conn, request)
+        case protocol.HistoryRequest():
+            return await hub.history(conn, request)
+    raise AssertionError(f"unhandled request {request!r}")
+
+
+def _send_error(hub: Hub, conn: Connection, error: Invalid, request: Request) -> None:
+    ref = error.ref
+    if ref is None and not isinstance(request, Invalid):
+        cid = getattr(request, "cid", None)
+        ref = cid if cid is not None else _KIND.get(type(request))
+    conn.send(protocol.error_frame(error.code, error.message, ref, error.retry_after))
+    hub.metrics.errors.labels(error.code).inc()
+    conn.errors_in_row += 1
+    if conn.errors_in_row >= MAX_ERRORS_IN_ROW:
+        conn.close(Close.POLICY, "too many errors in a row")
+
+
+def _log_end(hub: Hub, conn: Connection, ws: web.WebSocketResponse) -> None:
+    code = conn.close_code if conn.close_code is not None else ws.close_code
+    reason = conn.close_reason or ("closed by peer" if code is not None else "connection lost")
+    hub.metrics.closes.labels(str(code)).inc()
+    logger.info(
+        "connection end: nick=%s remote=%s code=%s reason=%s duration=%.1fs",
+        conn.nick or "-", conn.remote, code, reason, hub.clock() - conn.opened,
+    )

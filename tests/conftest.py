@@ -1,0 +1,146 @@
+"""Shared fixtures: configs with tiny intervals, the real app on a real socket, WS peers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient
+
+from chat.app import create_app
+from chat.config import Config, config_from_mapping
+
+DEADLINE = 5.0  # s: the most any single wait in a test may take
+
+FAST: dict[str, Any] = {
+    "heartbeat": {"interval": 0.2, "timeout": 0.6},
+    "cleanup": {"interval": 0.1},
+    "history": {"backend": "memory"},
+    "server": {"shutdown_timeout": 2},
+}
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def make_config(extra: dict[str, Any] | None = None, *, fast: bool = True) -> Config:
+    return config_from_mapping(merge(FAST if fast else {}, extra or {}), "test", env={})
+
+
+class Peer:
+    """A test client's WebSocket with deadline-bound reads."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.session: str | None = None
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv_raw(self, timeout: float = DEADLINE) -> aiohttp.WSMessage:
+        return await asyncio.wait_for(self.ws.receive(), timeout)
+
+    async def recv(self, timeout: float = DEADLINE) -> dict[str, Any]:
+        msg = await self.recv_raw(timeout)
+        assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg!r}"
+        frame: dict[str, Any] = json.loads(msg.data)
+        return frame
+
+    async def expect(self, kind: str, timeout: float = DEADLINE, **fields: Any) -> dict[str, Any]:
+        """The next frame of `kind` (frames of other kinds before it are skipped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv()
+                if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
+                    return frame
+
+    async def next_is(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """The very next frame, asserted to be of `kind` with `fields`."""
+        frame = await self.recv()
+        assert frame["type"] == kind, frame
+        for key, value in fields.items():
+            assert frame.get(key) == value, (key, frame)
+        return frame
+
+    async def hello(self, nick: str, **extra: Any) -> dict[str, Any]:
+        await self.send({"type": "hello", "nick": nick, **extra})
+        welcome = await self.next_is("welcome")
+        self.session = welcome["session"]
+        return welcome
+
+    async def join(self, room: str, **extra: Any) -> dict[str, Any]:
+        await self.send({"type": "join", "room": room, **extra})
+        return await self.expect("joined", room=room)
+
+    async def say(self, room: str, text: str, cid: str | None = None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "say", "room": room, "text": text}
+        if cid is not None:
+            frame["cid"] = cid
+        await self.send(frame)
+        return await self.expect("ack", room=room)
+
+    async def closed(self, timeout: float = DEADLINE) -> int | None:
+        """Read until the server closes; the close code."""
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.ws.receive()
+                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+                    return self.ws.close_code
+                if msg.type is WSMsgType.ERROR:
+                    return self.ws.close_code
+
+    async def quiet(self, duration: float) -> list[dict[str, Any]]:
+        """Frames received within `duration` (used to assert that nothing arrives)."""
+        frames = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + duration
+        while (left := end - loop.time()) > 0:
+            try:
+                msg = await asyncio.wait_for(self.ws.receive(), left)
+            except TimeoutError:
+                break
+            if msg.type is WSMsgType.TEXT:
+                frames.append(json.loads(msg.data))
+            else:
+                break
+        return frames
+
+
+Connect = Callable[..., Awaitable[Peer]]
+
+
+@pytest.fixture
+def config() -> Config:
+    return make_config()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
+    result: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    return result
+
+
+@pytest.fixture
+async def connect(client: TestClient[Any, Any]) -> Connect:
+    """Open a WebSocket to the app; `nick=` also says hello."""
+
+    async def _connect(nick: str | None = None, **kwargs: Any) -> Peer:
+        kwargs.setdefault("autoping", True)
+        peer = Peer(await client.ws_connect("/ws", **kwargs))
+        if nick is not None:
+            await peer.hello(nick)
+        return peer
+
+    return _connect
