@@ -61,6 +61,12 @@ def _url_host(host: str) -> str:
 async def serve(app: web.Application, config: Config) -> None:
     """Serve until SIGINT or SIGTERM, then shut down within `server.shutdown_timeout`."""
     budget = config.server.shutdown_timeout
+    # Handlers go in before anything can announce readiness: a signal sent right
+    # after the `listening on` line must still shut down cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     # Half the budget for closing WebSockets (on_shutdown), half for the rest.
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2)
     await runner.setup()
@@ -73,11 +79,6 @@ async def serve(app: web.Application, config: Config) -> None:
                          f"{err.strerror or err}") from None
     port = runner.addresses[0][1]
     print(f"listening on http://{_url_host(config.server.host)}:{port}", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info("signal received: shutting down")
     try:

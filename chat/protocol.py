@@ -268,7 +268,8 @@ def pong_frame(t: Any, ts: int) -> bytes:
 
 def close_frame(code: int, reason: str) -> bytes:
     """A complete unmasked server close frame, for closing without the WebSocket layer."""
-    payload = struct.pack("!H", code) + reason.encode()[:123]
+    # A close payload is at most 125 bytes; cut the reason on a character boundary.
+    payload = struct.pack("!H", code) + reason.encode()[:123].decode(errors="ignore").encode()
     return bytes((0x88, len(payload))) + payload
 
 

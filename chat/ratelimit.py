@@ -20,7 +20,8 @@ class TokenBucket:
         """Spend one token; 0.0 when allowed, else the seconds until one is available."""
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        # A retry exactly `retry_after` later must pass despite float rounding.
+        if self.tokens >= 1.0 - 1e-9:
+            self.tokens = max(0.0, self.tokens - 1.0)
             return 0.0
         return (1.0 - self.tokens) / self.rate

@@ -51,7 +51,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         autoping=False,  # protocol pongs must reach us: they count as liveness
         compress=False,  # the contract: no permessage-deflate
-        max_msg_size=limits.max_frame,
+        # aiohttp refuses a message whose size reaches max_msg_size; the contract
+        # allows exactly max_frame bytes.
+        max_msg_size=limits.max_frame + 1,
         timeout=CLOSE_TIMEOUT,
     )
     await ws.prepare(request)

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from chat.app import create_app
 from chat.config import Config, config_from_mapping
+from chat.protocol import LEGACY_HEARTBEAT
 
 DEADLINE = 5.0  # s: the most any single wait in a test may take
 
@@ -22,6 +23,8 @@ FAST: dict[str, Any] = {
     "cleanup": {"interval": 0.1},
     "history": {"backend": "memory"},
     "server": {"shutdown_timeout": 2},
+    # Tests that are not about rate limits send faster than a person types.
+    "limits": {"rate": {"messages": 10000, "per": 1, "burst": 10000}},
 }
 
 
@@ -53,8 +56,14 @@ class Peer:
         return await asyncio.wait_for(self.ws.receive(), timeout)
 
     async def recv(self, timeout: float = DEADLINE) -> dict[str, Any]:
-        msg = await self.recv_raw(timeout)
+        """The next text frame as JSON (protocol pings seen with autoping=False skipped)."""
+        async with asyncio.timeout(timeout):
+            msg = await self.ws.receive()
+            while msg.type in (WSMsgType.PING, WSMsgType.PONG):
+                msg = await self.ws.receive()
         assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg!r}"
+        if msg.data == LEGACY_HEARTBEAT:
+            return {"type": LEGACY_HEARTBEAT}
         frame: dict[str, Any] = json.loads(msg.data)
         return frame
 
@@ -64,6 +73,14 @@ class Peer:
             while True:
                 frame = await self.recv()
                 if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
+                    return frame
+
+    async def expect_any(self, kinds: tuple[str, ...], timeout: float = DEADLINE) -> dict[str, Any]:
+        """The next frame whose type is one of `kinds`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv()
+                if frame["type"] in kinds:
                     return frame
 
     async def next_is(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -96,7 +113,11 @@ class Peer:
         async with asyncio.timeout(timeout):
             while True:
                 msg = await self.ws.receive()
-                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+                if msg.type is WSMsgType.CLOSE:
+                    # The code the server sent (the client's own reply may fail when
+                    # the server dropped TCP right after its close frame).
+                    return int(msg.data)
+                if msg.type in (WSMsgType.CLOSED, WSMsgType.CLOSING):
                     return self.ws.close_code
                 if msg.type is WSMsgType.ERROR:
                     return self.ws.close_code
