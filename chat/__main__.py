@@ -1,4 +1,8 @@
-"""Command line: `python -m chat [--config PATH] [--host HOST] [--port PORT] [--log-level L]`."""
+"""Command line.
+
+    python -m chat [--config PATH] [--host HOST] [--port PORT] [--log-level LEVEL]
+    python -m chat token NICK [--config PATH] [--rooms a,b] [--ttl SECONDS]
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from aiohttp import web
 
+from chat import auth, protocol
 from chat.app import create_app
 from chat.config import Config, ConfigError, load_config
 
@@ -88,7 +94,50 @@ async def serve(app: web.Application, config: Config) -> None:
         logger.warning("shutdown took longer than %ss; exiting anyway", budget)
 
 
+def _token_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m chat token", description="Print a token for NICK (token mode)."
+    )
+    parser.add_argument("nick")
+    parser.add_argument("--config", help="YAML configuration file holding auth.secret")
+    parser.add_argument("--rooms", help="comma-separated rooms the token allows (default: all)")
+    parser.add_argument("--ttl", type=float, default=86400.0,
+                        help="seconds the token stays valid (default 86400)")
+    return parser
+
+
+def token_main(argv: Sequence[str]) -> int:
+    parser = _token_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
+    secret = config.auth.secret
+    if secret is None:
+        print(f"{config.source or 'defaults'}: auth.secret: not set (nor CHAT_AUTH_SECRET)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    nick = protocol.normalize_nick(args.nick)
+    if nick is None:
+        parser.error(f"not a valid nick: {args.nick!r}")
+    rooms = None
+    if args.rooms is not None:
+        rooms = [room.strip() for room in args.rooms.split(",") if room.strip()]
+        bad = [room for room in rooms if room != "*" and not protocol.valid_room(room)]
+        if bad:
+            parser.error(f"not a valid room name: {bad[0]!r}")
+    if not args.ttl > 0:
+        parser.error("--ttl must be > 0")
+    print(auth.issue(nick, secret, time.time(), args.ttl, rooms), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,

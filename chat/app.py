@@ -12,12 +12,12 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from chat import heartbeat, routes
+from chat import auth, heartbeat, policy, routes
 from chat.config import Config
 from chat.history import HistoryStore
 from chat.history.memory import MemoryHistory
 from chat.hub import Hub
-from chat.keys import CONFIG, HISTORY, HUB, METRICS
+from chat.keys import CONFIG, HISTORY, HUB, METRICS, PROXIES
 from chat.metrics import Metrics
 from chat.protocol import Close
 from chat.ws import websocket_handler
@@ -50,6 +50,9 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = metrics
     app[HISTORY] = store
     app[HUB] = Hub(config, store, metrics)
+    app[PROXIES] = policy.networks(config.security.trusted_proxies)
+    if config.auth.secret is not None and auth.weak_secret(config.auth.secret):
+        logger.warning("auth.secret is shorter than 32 bytes: tokens are easier to forge")
 
     aiohttp_jinja2.setup(
         app,

@@ -6,6 +6,7 @@ where there is one, the key path: ``config.yaml: heartbeat.timout: unknown key``
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -113,9 +114,10 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
-    """Origins allowed to open a WebSocket besides the server's own, as written."""
+    """Origins allowed besides the server's own; proxies whose X-Forwarded-For is believed."""
 
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # IP addresses or networks (CIDR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +376,20 @@ def _origins(value: Any, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _networks(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise _Invalid(key, f"expected a list of IP addresses or networks, got {_show(value)}")
+    for index, item in enumerate(value):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            raise _Invalid(
+                f"{key}[{index}]",
+                f"expected an IP address or network like 10.0.0.0/8, got {_show(item)}",
+            ) from None
+    return tuple(value)
+
+
 def _is_origin(value: Any) -> bool:
     """scheme://host[:port] with scheme http or https, and nothing else."""
     if not isinstance(value, str) or any(c.isspace() for c in value):
@@ -438,6 +454,8 @@ _CONFIG_FIELDS: Final[Mapping[str, _Check]] = {
             "send_buffer": _at_least(1),
         },
     ),
-    "security": _section(SecurityConfig, {"allowed_origins": _origins}),
+    "security": _section(
+        SecurityConfig, {"allowed_origins": _origins, "trusted_proxies": _networks}
+    ),
     "auth": _section(AuthConfig, {"secret": _secret}),
 }

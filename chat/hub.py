@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from chat import protocol
+from chat import auth, protocol
 from chat.config import Config
 from chat.connection import Connection
 from chat.history import HistoryStore, Message
@@ -45,6 +45,7 @@ class Session:
     key: str  # what nicks are compared by
     conn: Connection
     rooms: set[str] = field(default_factory=set)
+    allowed: frozenset[str] | None = None  # rooms a token permits; None: all
 
 
 @dataclass(eq=False, slots=True)
@@ -75,13 +76,25 @@ class Hub:
         self.nicks: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.buckets: dict[Connection, TokenBucket] = {}
+        self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
         self._empty = asyncio.Event()
         self._empty.set()
 
     # ------------------------------------------------------------ lifecycle
 
+    def refusal(self, address: str) -> int | None:
+        """The HTTP status that refuses another upgrade from `address`, or None."""
+        limits = self.config.limits
+        if self.shutting_down or len(self.connections) >= limits.max_connections:
+            return 503
+        if self.per_ip.get(address, 0) >= limits.max_connections_per_ip:
+            return 429
+        return None
+
     def register(self, conn: Connection) -> None:
+        """Count a connection from the moment it is admitted (before the upgrade completes)."""
+        self.per_ip[conn.remote] = self.per_ip.get(conn.remote, 0) + 1
         self.connections.add(conn)
         self._empty.clear()
         self.metrics.connections.inc()
@@ -91,6 +104,11 @@ class Hub:
         if conn not in self.connections:
             return False
         self.connections.remove(conn)
+        left = self.per_ip[conn.remote] - 1
+        if left:
+            self.per_ip[conn.remote] = left
+        else:
+            del self.per_ip[conn.remote]
         if not self.connections:
             self._empty.set()
         self.buckets.pop(conn, None)
@@ -161,9 +179,19 @@ class Hub:
     def hello(self, conn: Connection, event: protocol.Hello) -> Outcome:
         if conn.session is not None:
             return Invalid("bad_request", "hello was already accepted on this connection", None)
-        if event.nick is None:
+        allowed: frozenset[str] | None = None
+        secret = self.config.auth.secret
+        if secret is not None:
+            try:
+                grant = auth.verify(event.token, event.nick, secret, time.time())
+            except auth.Unauthorized as err:
+                return Invalid("unauthorized", str(err), None)
+            nick: str | None = grant.nick
+            allowed = grant.rooms
+        elif event.nick is None:
             return Invalid("bad_request", "'nick' is required", None)
-        nick = protocol.normalize_nick(event.nick)
+        else:
+            nick = protocol.normalize_nick(event.nick)
         if nick is None:
             return Invalid(
                 "nick_invalid",
@@ -174,10 +202,12 @@ class Hub:
         session = self.sessions.get(event.session) if event.session else None
         if session is not None and session.key == key:
             self._take_over(session, conn)
+            if secret is not None:
+                session.allowed = allowed  # the newest token's grant
         else:
             if key in self.nicks:
                 return Invalid("nick_taken", f"the nick {nick!r} is in use", None)
-            session = Session(secrets.token_urlsafe(24), nick, key, conn)
+            session = Session(secrets.token_urlsafe(24), nick, key, conn, allowed=allowed)
             self.sessions[session.id] = session
             self.nicks[key] = session
             self.metrics.sessions.inc()
@@ -218,6 +248,8 @@ class Hub:
         name = event.room
         if not protocol.valid_room(name):
             return Invalid("room_invalid", "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None)
+        if session.allowed is not None and name not in session.allowed:
+            return Invalid("forbidden_room", f"your token does not allow {name!r}", None)
         new_member = name not in session.rooms
         if new_member and len(session.rooms) >= self.config.limits.max_rooms:
             return Invalid(

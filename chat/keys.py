@@ -10,8 +10,11 @@ from chat.config import Config
 from chat.history import HistoryStore
 from chat.hub import Hub
 from chat.metrics import Metrics
+from chat.policy import Network
 
 CONFIG: Final = web.AppKey("config", Config)
 HUB: Final = web.AppKey("hub", Hub)
 HISTORY: Final = web.AppKey("history", HistoryStore)
 METRICS: Final = web.AppKey("metrics", Metrics)
+# Parsed security.trusted_proxies, so no request parses them again.
+PROXIES: Final = web.AppKey("proxies", tuple[Network, ...])

@@ -17,7 +17,8 @@ from aiohttp import WSMsgType, web
 from chat import protocol
 from chat.connection import CLOSE_TIMEOUT, Connection
 from chat.hub import DROPPED, Hub, Outcome, now_ms
-from chat.keys import HUB
+from chat.keys import HUB, PROXIES
+from chat.policy import client_address, origin_allowed, own_origin
 from chat.protocol import Close, Invalid
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,21 @@ Request = protocol.ClientEvent | Invalid | object
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
-    if hub.shutting_down:
-        raise web.HTTPServiceUnavailable(text="server shutting down\n")
-    limits = hub.config.limits
+    config = hub.config
+    address = client_address(
+        request.remote or "?", request.headers.get("X-Forwarded-For"), request.app[PROXIES]
+    )
+    # The upgrade policy is decided before the WebSocket is accepted, with a status.
+    own = own_origin(_scheme(request, address), request.host)
+    if not origin_allowed(request.headers.get("Origin"), own, config.security.allowed_origins):
+        logger.info("refused upgrade from %s: origin %r", address, request.headers.get("Origin"))
+        raise web.HTTPForbidden(text="origin not allowed\n")
+    status = hub.refusal(address)
+    if status == 503:
+        raise web.HTTPServiceUnavailable(text="server busy or shutting down\n")
+    if status == 429:
+        raise web.HTTPTooManyRequests(text="too many connections from your address\n")
+    limits = config.limits
     ws = web.WebSocketResponse(
         autoping=False,  # protocol pongs must reach us: they count as liveness
         compress=False,  # the contract: no permessage-deflate
@@ -56,10 +69,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         max_msg_size=limits.max_frame + 1,
         timeout=CLOSE_TIMEOUT,
     )
-    await ws.prepare(request)
-    transport = request.transport
-    conn = Connection(ws, transport, request.remote or "?", hub.clock(), limits.send_buffer)
+    conn = Connection(ws, request.transport, address, hub.clock(), limits.send_buffer)
+    # Counted before the upgrade's await, so concurrent upgrades cannot overshoot a cap.
     hub.register(conn)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        hub.release(conn)
+        raise
     conn.start_writer()
     requests: asyncio.Queue[Request] = asyncio.Queue(REQUEST_BACKLOG)
     dispatcher = asyncio.create_task(_dispatch(hub, conn, requests), name="ws-dispatch")
@@ -72,6 +89,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await conn.finish()
         _log_end(hub, conn, ws)
     return ws
+
+
+def _scheme(request: web.Request, address: str) -> str:
+    """The scheme the client used; a trusted proxy may say it terminated TLS."""
+    if address != request.remote:  # the request came through a trusted proxy
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        if forwarded in ("http", "https"):
+            return forwarded
+    return request.scheme
 
 
 async def _read(
@@ -155,6 +181,9 @@ def _send_error(hub: Hub, conn: Connection, error: Invalid, request: Request) ->
         ref = cid if cid is not None else _KIND.get(type(request))
     conn.send(protocol.error_frame(error.code, error.message, ref, error.retry_after))
     hub.metrics.errors.labels(error.code).inc()
+    if error.code == "unauthorized":
+        conn.close(Close.UNAUTHORIZED, "unauthorized")
+        return
     conn.errors_in_row += 1
     if conn.errors_in_row >= MAX_ERRORS_IN_ROW:
         conn.close(Close.POLICY, "too many errors in a row")

@@ -99,7 +99,11 @@ async def test_many_dead_peers_dropped_together(aiohttp_client: Any) -> None:
     """Many peers going silent at once are all dropped in time, and all they held released."""
     # Longer timeout than FAST so that setting up every peer takes less than it.
     config = make_config(
-        {"heartbeat": {"interval": 1.0, "timeout": 3.0}, "cleanup": {"interval": 0.2}}
+        {
+            "heartbeat": {"interval": 1.0, "timeout": 3.0},
+            "cleanup": {"interval": 0.2},
+            "limits": {"max_connections_per_ip": 1000},
+        }
     )
     app = create_app(config)
     client = await aiohttp_client(app)
