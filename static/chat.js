@@ -154,7 +154,7 @@ function statusText() {
     case 'open':
       return conn.rtt == null ? 'connected' : `connected (RTT ${Math.round(conn.rtt)} ms)`;
     case 'connecting':
-      return 'connecting…';
+      return comingBack() ? 'reconnecting…' : 'connecting…';
     case 'waiting':
       return `reconnecting in ${Math.max(1, Math.ceil((conn.retryAt - now()) / 1000))} s`;
     default:
@@ -162,9 +162,16 @@ function statusText() {
   }
 }
 
+// A page that was connected before is getting back, not signing in for the first time.
+const comingBack = () => Boolean(conn.session) || conn.attempt > 0;
+
 function renderStatus() {
   const text = statusText();
   if (el.status.textContent !== text) el.status.textContent = text;
+  // Offered only while it helps: not while connected, nor during the very first connect.
+  el.reconnect.hidden = !(conn.phase === 'waiting' || conn.phase === 'parked'
+    || (conn.phase === 'connecting' && comingBack()));
+  el.status.classList.toggle('trouble', now() < conn.stuckUntil || !el.reconnect.hidden);
   document.body.dataset.phase = conn.phase; // styling hook only
 }
 
@@ -390,8 +397,8 @@ function onJoined(f) {
   const room = state.rooms.get(f.room);
   if (!room) return; // left meanwhile; our `leave` is on its way
   const view = captureScroll(room);
-  if (room.epoch != null && f.epoch !== room.epoch) clearRoomView(room); // history started over
-  if (f.complete === false && room.sentSince) addGapLine(room);
+  if (room.epoch != null && f.epoch !== room.epoch) archiveRoomView(room); // history started over
+  else if (f.complete === false && room.sentSince) addGapLine(room);
   room.epoch = f.epoch;
   room.joinedHere = true;
   room.members = Array.isArray(f.members) ? [...f.members] : [];
@@ -812,10 +819,20 @@ function addGapLine(room) {
   placeNode(room.list, li, room.maxId + 0.5);
 }
 
-// The room's history started over (new epoch): ids mean something else now.
-function clearRoomView(room) {
-  for (const node of [...room.list.children]) {
-    if (Number.isFinite(sortKey.get(node))) node.remove(); // pending ones stay
+// The room's history started over (new epoch): ids mean something else now. What
+// the reader has seen stays on screen, above a divider and out of the id order
+// (keys below 1); pending lines stay last.
+function archiveRoomView(room) {
+  const shown = [...room.list.children].filter((node) => Number.isFinite(sortKey.get(node)));
+  shown.forEach((node, i) => {
+    sortKey.set(node, i - shown.length - 1);
+    node.removeAttribute('data-id');
+  });
+  if (shown.length) {
+    const li = document.createElement('li');
+    li.className = 'gap';
+    li.textContent = 'The server started its history over: messages above this line are from before.';
+    placeNode(room.list, li, -1);
   }
   room.ids.clear();
   room.minId = Infinity;

@@ -1,0 +1,310 @@
+"""The chat page in headless Chromium against a real `python -m chat` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, async_playwright, expect
+
+from tests.browser import (
+    CONNECTED,
+    HEARTBEAT_TIMEOUT,
+    WAIT,
+    ChatPage,
+    launch_chromium,
+    start_server,
+)
+from tests.serverproc import ServerProcess
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+SCREENSHOT: Final = Path(__file__).parents[1] / "docs" / "screenshot.png"
+RECONNECT_WAIT: Final = 10_000  # ms: back-off included, a page must be back within this
+
+OpenPage = Callable[..., Awaitable[ChatPage]]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """One Chromium for the module; each test gets fresh contexts."""
+    async with async_playwright() as playwright:
+        chromium = await launch_chromium(playwright)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    """Every server a test starts, killed at the end; the first one is started here."""
+    started = [start_server(tmp_path)]
+    yield started
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.send_signal(signal.SIGCONT)  # a stopped child still dies of SIGKILL, but be tidy
+        server.close()
+
+
+@pytest.fixture
+def server(servers: list[ServerProcess]) -> ServerProcess:
+    return servers[0]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def open_page(browser: Browser, server: ServerProcess) -> AsyncIterator[OpenPage]:
+    """Open the chat page (optionally at `path`) in a new browser context."""
+    pages: list[ChatPage] = []
+
+    async def _open(path: str = "/", **kwargs: int) -> ChatPage:
+        page = await ChatPage.open(browser, server.url + path, **kwargs)
+        pages.append(page)
+        return page
+
+    yield _open
+    for page in pages:
+        await page.close()
+
+
+async def test_two_users_exchange_messages(open_page: OpenPage) -> None:
+    """Two pages sign in to lobby and each sees every message exactly once, in order."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await alice.sign_in("alice")
+    await bob.sign_in("bob")
+    for page in (alice, bob):
+        await expect(page.members).to_have_text(["alice", "bob"])
+        await expect(page.page.locator("#room-title")).to_have_text("#lobby")
+
+    await alice.say("hi bob")
+    await bob.see("hi bob")
+    await bob.say("hello alice")
+    await alice.see("hello alice")
+    await alice.say("how are you?")
+    for page in (alice, bob):
+        texts = page.page.locator("#messages li.message .text")
+        await expect(texts).to_have_text(["hi bob", "hello alice", "how are you?"])
+        await expect(page.page.locator("#messages li.message .nick")).to_have_text(
+            ["alice", "bob", "alice"]
+        )
+        page.assert_no_page_errors()
+
+
+async def test_markup_in_a_message_is_shown_as_text(open_page: OpenPage) -> None:
+    """A message made of HTML shows literally and creates no element, runs no script."""
+    payload = "<img src=x onerror=alert(1)>"
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await alice.sign_in("alice")
+    await bob.sign_in("bob")
+    await alice.say(payload)
+    await bob.see(payload)
+    await bob.say("<b>bold?</b> &amp;")
+    await alice.see("<b>bold?</b> &amp;")
+    for page in (alice, bob):
+        await expect(page.page.locator("#messages img")).to_have_count(0)
+        await expect(page.page.locator("#messages b")).to_have_count(0)
+        page.assert_no_page_errors()
+
+
+async def test_status_log_and_labels_are_accessible(open_page: OpenPage) -> None:
+    """#status is a status reading connected, the list is a log, the inputs have visible labels."""
+    alice = await open_page()
+    page = alice.page
+    await alice.sign_in("alice")
+    status = page.get_by_role("status")
+    await expect(status).to_have_count(1)
+    await expect(status).to_have_id("status")
+    await expect(status).to_have_text(CONNECTED)
+    await expect(page.get_by_role("button", name="Reconnect now")).to_be_hidden()
+    log = page.get_by_role("log")
+    await expect(log).to_have_count(1)
+    await expect(log).to_have_id("messages")
+    await alice.say("in the log")
+    await expect(log.locator("li.message")).to_have_count(1)
+    for label, control in (("Nick", "nick"), ("Message", "text")):
+        await expect(page.get_by_label(label, exact=True)).to_have_id(control)
+        await expect(page.locator(f"label[for={control}]")).to_be_visible()
+        await expect(page.locator(f"label[for={control}]")).to_have_text(label)
+    alice.assert_no_page_errors()
+
+
+async def test_stopped_server_is_detected_and_pending_message_sent_once(
+    open_page: OpenPage, server: ServerProcess
+) -> None:
+    """A stopped server is noticed; a message typed meanwhile arrives once after SIGCONT."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await alice.sign_in("alice")
+    await bob.sign_in("bob")
+    await alice.say("before the stop")
+    await bob.see("before the stop")
+
+    server.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        left_ms = (HEARTBEAT_TIMEOUT + 1 - (time.monotonic() - stopped_at)) * 1000
+        await expect(alice.status).to_have_text("server not responding", timeout=left_ms)
+        await expect(alice.status).to_contain_text("reconnecting", timeout=WAIT)
+        await expect(alice.page.get_by_role("button", name="Reconnect now")).to_be_visible()
+        await alice.type_message("typed while stopped")
+        await expect(alice.message("typed while stopped")).to_have_count(1)
+        await expect(alice.pending).to_have_count(1)
+        await expect(alice.pending).to_contain_text("typed while stopped")
+    finally:
+        server.send_signal(signal.SIGCONT)
+
+    await alice.joined("alice", timeout=RECONNECT_WAIT)
+    await bob.joined("bob", timeout=RECONNECT_WAIT)
+    for page in (alice, bob):
+        await page.see("typed while stopped", timeout=RECONNECT_WAIT)
+    await expect(alice.pending).to_have_count(0)
+    # Anything sent twice would have arrived before a later message.
+    await bob.say("after the stop")
+    for page in (alice, bob):
+        await page.see("after the stop")
+        await expect(page.page.locator("#messages li.message .text")).to_have_text(
+            ["before the stop", "typed while stopped", "after the stop"]
+        )
+        page.assert_no_page_errors()
+
+
+async def test_page_reconnects_after_server_restart(
+    open_page: OpenPage, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """After the server restarts on the same port both pages come back and can chat."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await alice.sign_in("alice")
+    await bob.sign_in("bob")
+    await alice.say("before the restart")
+    await bob.see("before the restart")
+
+    old = servers[0]
+    old.send_signal(signal.SIGTERM)
+    assert await old.wait_async(within=5) == 0  # polls: the browser's loop keeps running
+    servers.append(start_server(tmp_path, port=old.port))
+
+    await alice.joined("alice", timeout=RECONNECT_WAIT)
+    await bob.joined("bob", timeout=RECONNECT_WAIT)
+    for page in (alice, bob):
+        await expect(page.members).to_have_text(["alice", "bob"], timeout=RECONNECT_WAIT)
+    await bob.say("back again")
+    await alice.see("back again")
+    await alice.say("welcome back")
+    await bob.see("welcome back")
+    for page in (alice, bob):
+        # The memory history started over: what was read stays, above a divider.
+        await expect(page.page.locator("#messages li")).to_have_text(
+            [
+                re.compile("before the restart$"),
+                re.compile("history over"),
+                re.compile("back again$"),
+                re.compile("welcome back$"),
+            ]
+        )
+        page.assert_no_page_errors()
+
+
+async def test_reload_keeps_nick_and_hash_picks_room(open_page: OpenPage) -> None:
+    """A reload signs in again with the stored nick; #room=dev opens that room."""
+    alice = await open_page()
+    await alice.sign_in("alice")
+    await alice.say("before the reload")
+
+    await alice.page.reload()
+    await expect(alice.page.get_by_label("Nick", exact=True)).to_have_value("alice")
+    await alice.joined("alice")
+    await expect(alice.page.locator("#room-title")).to_have_text("#lobby")
+    await alice.see("before the reload")  # replayed with `joined`
+
+    bob = await open_page("/#room=dev")
+    await expect(bob.page.locator("#room-title")).to_have_text("#dev")
+    await bob.sign_in("bob")
+    await expect(bob.page.locator("#rooms .room-switch")).to_have_text(["#dev"])
+    await bob.say("dev talk")
+
+    # A fresh load at #room=dev opens dev, signed in at once with the stored nick.
+    await alice.page.goto("about:blank")
+    await alice.page.goto(alice.url.split("#")[0] + "#room=dev")
+    await alice.joined("alice")
+    await expect(alice.page.locator("#room-title")).to_have_text("#dev")
+    await expect(alice.page.locator("#rooms .room-switch")).to_have_text(["#dev"])
+    await alice.see("dev talk")
+    await expect(bob.members).to_have_text(["alice", "bob"])
+    for page in (alice, bob):
+        page.assert_no_page_errors()
+
+
+async def test_security_headers_and_no_console_errors(open_page: OpenPage) -> None:
+    """The page is served with CSP, nosniff and same-origin referrers, and logs no errors."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    assert alice.response is not None
+    assert alice.response.status == 200
+    headers = await alice.response.all_headers()
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "same-origin"
+
+    await alice.sign_in("alice")
+    await bob.sign_in("bob")
+    await alice.say("hello")
+    await bob.see("hello")
+    await bob.page.get_by_label("Join room").fill("dev")
+    await bob.page.get_by_label("Join room").press("Enter")
+    await expect(bob.page.locator("#room-title")).to_have_text("#dev")
+    await bob.say("anyone here?")
+    await bob.page.get_by_role("button", name="Leave #dev").click()
+    await expect(bob.page.locator("#room-title")).to_have_text("#lobby")
+    await bob.say("back in the lobby")
+    await alice.see("back in the lobby")
+    for page in (alice, bob):
+        assert page.console_errors == []
+        assert await page.csp_violations() == []
+        page.assert_no_page_errors()
+
+
+async def test_screenshot(open_page: OpenPage, tmp_path: Path) -> None:
+    """A short conversation between three people, screenshotted (docs/ with CHAT_SCREENSHOT=1)."""
+    maria, tom, priya = await asyncio.gather(
+        open_page(width=1100, height=700), open_page(), open_page()
+    )
+    await asyncio.gather(maria.sign_in("maria"), tom.sign_in("tom"), priya.sign_in("priya"))
+    conversation = [
+        (maria, "Morning! Is the release still planned for 3 pm?"),
+        (tom, "Yes. The migration ran fine on staging last night."),
+        (priya, "I'll keep an eye on the dashboards while it rolls out."),
+        (maria, "Great, thanks both.\nI'll post the changelog in #release."),
+        (tom, "Ping me if the error rate moves."),
+    ]
+    for page, text in conversation:
+        await page.say(text)
+    for _page, text in conversation:
+        await maria.see(text)
+    # Someone typing, and a second room with unread messages, show off the sidebar.
+    await maria.page.get_by_label("Join room").fill("release")
+    await maria.page.get_by_label("Join room").press("Enter")
+    await expect(maria.page.locator("#room-title")).to_have_text("#release")
+    await maria.page.locator("#rooms .room-switch", has_text="#lobby").click()
+    await expect(maria.page.locator("#room-title")).to_have_text("#lobby")
+    await priya.page.get_by_label("Join room").fill("release")
+    await priya.page.get_by_label("Join room").press("Enter")
+    await priya.joined("priya")
+    await priya.say("Changelog draft is up.")
+    await expect(maria.page.locator("#rooms .unread:not([hidden])")).to_have_text(["1"])
+    # The page sends at most one typing notice a second: keep typing for longer than that.
+    await tom.page.get_by_label("Message", exact=True).press_sequentially("Sounds good", delay=100)
+    await expect(maria.page.locator("#typing")).to_have_text("tom is typing…")
+    await maria.page.locator("#text").blur()
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    # Only a deliberate run rewrites the committed picture (its clock times change).
+    target = SCREENSHOT if os.environ.get("CHAT_SCREENSHOT") == "1" else tmp_path / "page.png"
+    await maria.page.screenshot(path=str(target))
+    assert target.stat().st_size > 10_000
+    assert SCREENSHOT.stat().st_size > 10_000
+    for page in (maria, tom, priya):
+        page.assert_no_page_errors()
