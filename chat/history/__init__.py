@@ -11,6 +11,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+class HistoryOpenError(Exception):
+    """The history file cannot be used; ``str(err)`` is one line naming the file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: cannot open history database: {reason}")
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     room: str

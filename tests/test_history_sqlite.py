@@ -1,0 +1,788 @@
+"""History: the SQLite backend, and the behaviours it shares with the memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from chat.app import create_app
+from chat.history import HistoryStore, Message
+from chat.history import sqlite as sqlite_backend
+from chat.history.memory import MemoryHistory
+from chat.history.sqlite import MIGRATIONS, HistoryOpenError, SqliteHistory
+from tests.conftest import DEADLINE, Peer, make_config
+
+T = TypeVar("T")
+NewStore = Callable[..., Awaitable[HistoryStore]]
+OpenSqlite = Callable[..., Awaitable[SqliteHistory]]
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    return await asyncio.wait_for(awaitable, DEADLINE)
+
+
+async def append(
+    store: HistoryStore, room: str, text: str, cid: str | None = None, *, key: str = "alice"
+) -> tuple[Message, bool]:
+    return await within(store.append(room, key, key, text, cid, 1000))
+
+
+async def fill(store: HistoryStore, room: str, count: int, *, key: str = "alice") -> None:
+    for n in range(1, count + 1):
+        await within(store.append(room, key, key, f"m{n}", None, 1000 + n))
+
+
+def ids(messages: list[Message]) -> list[int]:
+    return [m.id for m in messages]
+
+
+async def epoch_of(store: HistoryStore) -> str:
+    return (await within(store.replay("any", None, None, 0))).epoch
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[list[HistoryStore]]:
+    """Stores a test opened; closed at teardown."""
+    stores: list[HistoryStore] = []
+    yield stores
+    for store in reversed(stores):
+        await within(store.close())
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path, opened: list[HistoryStore]) -> OpenSqlite:
+    """Open a SqliteHistory on `name` in tmp_path (default chat.db)."""
+
+    async def make(retain: int = 100, name: str = "chat.db") -> SqliteHistory:
+        store = SqliteHistory(str(tmp_path / name), retain)
+        await within(store.open())
+        opened.append(store)
+        return store
+
+    return make
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def new_store(
+    request: pytest.FixtureRequest, tmp_path: Path, opened: list[HistoryStore]
+) -> NewStore:
+    """Open a store of each backend: the shared tests hold for both."""
+
+    async def make(retain: int = 100) -> HistoryStore:
+        store: HistoryStore
+        if request.param == "memory":
+            store = MemoryHistory(retain)
+        else:
+            store = SqliteHistory(str(tmp_path / f"shared{len(opened)}.db"), retain)
+        await within(store.open())
+        opened.append(store)
+        return store
+
+    return make
+
+
+async def reopen(store: SqliteHistory, retain: int | None = None) -> SqliteHistory:
+    """Close a store and open a new one on its file (a server restart)."""
+    await within(store.close())
+    again = SqliteHistory(store.path, store.retain if retain is None else retain)
+    await within(again.open())
+    return again
+
+
+# --------------------------------------------------------------------------- both backends
+
+
+async def test_ids_consecutive_from_one(new_store: NewStore) -> None:
+    """Ids in a room are 1, 2, 3, … with no gap, each append new."""
+    store = await new_store()
+    got = [await append(store, "lobby", f"t{n}") for n in range(5)]
+    assert [m.id for m, _ in got] == [1, 2, 3, 4, 5]
+    assert all(new for _, new in got)
+
+
+async def test_append_returns_stored_message(new_store: NewStore) -> None:
+    """append returns the message as stored, with its room, nick, text, ts and cid."""
+    store = await new_store()
+    message, new = await within(store.append("lobby", "Alice", "alice", "hi", "c1", 1234))
+    assert new is True
+    assert message == Message("lobby", 1, "Alice", "hi", 1234, "c1")
+    assert (await within(store.page("lobby", None, 10))).messages == [message]
+
+
+async def test_rooms_have_independent_ids(new_store: NewStore) -> None:
+    """Each room counts its own ids from 1."""
+    store = await new_store()
+    await fill(store, "a", 3)
+    assert (await append(store, "b", "x"))[0].id == 1
+    assert (await append(store, "a", "x"))[0].id == 4
+
+
+async def test_retain_trims_oldest(new_store: NewStore) -> None:
+    """Only the newest `retain` messages stay; ids keep counting."""
+    store = await new_store(retain=3)
+    await fill(store, "lobby", 7)
+    page = await within(store.page("lobby", None, 100))
+    assert (ids(page.messages), page.more) == ([5, 6, 7], False)
+    assert (await append(store, "lobby", "m8"))[0].id == 8
+
+
+async def test_retain_is_per_room(new_store: NewStore) -> None:
+    """Trimming one room does not touch another."""
+    store = await new_store(retain=2)
+    await fill(store, "a", 2)
+    await fill(store, "b", 5)
+    assert ids((await within(store.page("a", None, 100))).messages) == [1, 2]
+    assert ids((await within(store.page("b", None, 100))).messages) == [4, 5]
+
+
+async def test_cid_dedup_returns_original(new_store: NewStore) -> None:
+    """append with a stored (room, key, cid) returns the original and False."""
+    store = await new_store()
+    original, new = await within(store.append("lobby", "Alice", "alice", "hi", "c1", 100))
+    assert new is True
+    again, new = await within(store.append("lobby", "ALICE", "alice", "other", "c1", 200))
+    assert (again, new) == (original, False)
+    assert await within(store.rooms()) == {"lobby": 1}
+
+
+async def test_cid_dedup_is_per_key_and_room(new_store: NewStore) -> None:
+    """The same cid from another key, or in another room, is a new message."""
+    store = await new_store()
+    await append(store, "lobby", "hi", "c1", key="alice")
+    other_key, new_key = await append(store, "lobby", "hi", "c1", key="bob")
+    other_room, new_room = await append(store, "den", "hi", "c1", key="alice")
+    assert (other_key.id, new_key) == (2, True)
+    assert (other_room.room, other_room.id, new_room) == ("den", 1, True)
+
+
+async def test_without_cid_never_dedups(new_store: NewStore) -> None:
+    """Messages without a cid are always new, even with equal text."""
+    store = await new_store()
+    await append(store, "lobby", "hi")
+    message, new = await append(store, "lobby", "hi")
+    assert (message.id, new) == (2, True)
+
+
+async def test_find(new_store: NewStore) -> None:
+    """find returns the stored message for (room, key, cid), else None."""
+    store = await new_store()
+    message, _ = await append(store, "lobby", "hi", "c1")
+    assert await within(store.find("lobby", "alice", "c1")) == message
+    assert await within(store.find("lobby", "bob", "c1")) is None
+    assert await within(store.find("lobby", "alice", "c2")) is None
+    assert await within(store.find("elsewhere", "alice", "c1")) is None
+
+
+async def test_cid_forgotten_with_trimmed_message(new_store: NewStore) -> None:
+    """Once a message is trimmed its cid is forgotten and may be stored again."""
+    store = await new_store(retain=2)
+    await append(store, "lobby", "first", "c1")
+    await append(store, "lobby", "second", "c2")
+    await append(store, "lobby", "third", "c3")
+    assert await within(store.find("lobby", "alice", "c1")) is None
+    assert await within(store.find("lobby", "alice", "c2")) is not None
+    message, new = await append(store, "lobby", "first again", "c1")
+    assert (message.id, new) == (4, True)
+
+
+async def test_concurrent_duplicates_store_once(new_store: NewStore) -> None:
+    """Two appends of one cid at once store one message; both get it, one as new."""
+    store = await new_store()
+    results = await within(asyncio.gather(
+        store.append("lobby", "alice", "alice", "hi", "c1", 1),
+        store.append("lobby", "alice", "alice", "hi", "c1", 2),
+    ))
+    assert results[0][0] == results[1][0]
+    assert sorted(new for _, new in results) == [False, True]
+    assert await within(store.rooms()) == {"lobby": 1}
+
+
+async def test_concurrent_appends_resolve_in_id_order(new_store: NewStore) -> None:
+    """Appends to one room made at once get ids 1..n and return in id order."""
+    store = await new_store()
+    order: list[int] = []
+
+    async def say(n: int) -> None:
+        message, _ = await store.append("lobby", "alice", "alice", f"m{n}", f"c{n}", n)
+        order.append(message.id)
+
+    await within(asyncio.gather(*(say(n) for n in range(50))))
+    assert order == list(range(1, 51))
+
+
+@pytest.mark.parametrize("head_start", [0, 1, 2, 3, 5])
+async def test_reads_never_run_ahead_of_acks(new_store: NewStore, head_start: int) -> None:
+    """A replay or page shows a message only after its append has returned to the sender."""
+    # The hub broadcasts as append returns and filters what a joining connection holds by
+    # the replay's last_id: a replay that saw a message before its broadcast would make
+    # the joining connection receive it twice.
+    store = await new_store()
+    events: list[tuple[str, int]] = []
+
+    async def say(n: int) -> None:
+        message, _ = await store.append("lobby", "alice", "alice", f"m{n}", None, n)
+        events.append(("acked", message.id))
+
+    async def join() -> None:
+        replay = await store.replay("lobby", None, None, 50)
+        events.extend(("replayed", msg_id) for msg_id in ids(replay.messages))
+        page = await store.page("lobby", None, 50)
+        events.extend(("paged", msg_id) for msg_id in ids(page.messages))
+
+    async def scenario() -> None:
+        says = [asyncio.ensure_future(say(n)) for n in range(3)]
+        for _ in range(head_start):
+            await asyncio.sleep(0)
+        await join()
+        await asyncio.gather(*says)
+
+    await within(scenario())
+    for position, (kind, msg_id) in enumerate(events):
+        if kind != "acked":
+            assert ("acked", msg_id) in events[:position], events
+
+
+@pytest.mark.parametrize(
+    ("retain", "count", "since", "epoch_ok", "replay", "want", "complete"),
+    [
+        (100, 10, None, True, 3, [8, 9, 10], True),  # fresh join: newest `replay`
+        (100, 2, None, True, 50, [1, 2], True),  # fresh join in a small room
+        (100, 10, 2, True, 3, [3, 4, 5, 6, 7, 8, 9, 10], True),  # since: all after it
+        (100, 4, 4, True, 50, [], True),  # since == last_id
+        (3, 10, 2, True, 50, [8, 9, 10], False),  # since older than retained
+        (3, 10, 7, True, 50, [8, 9, 10], True),  # since at the retention edge
+        (100, 10, 2, False, 3, [8, 9, 10], False),  # another epoch: fresh, incomplete
+        (100, 5, 9, True, 2, [4, 5], False),  # since beyond last_id
+        (100, 5, None, True, 0, [], True),  # replay count 0
+        (3, 10, 0, True, 50, [8, 9, 10], False),  # since 0 after trimming
+    ],
+)
+async def test_replay(
+    new_store: NewStore,
+    retain: int,
+    count: int,
+    since: int | None,
+    epoch_ok: bool,
+    replay: int,
+    want: list[int],
+    complete: bool,
+) -> None:
+    """A join replays what plan_replay decides, from what is stored."""
+    store = await new_store(retain=retain)
+    await fill(store, "lobby", count)
+    epoch = await epoch_of(store)
+    got = await within(store.replay("lobby", since, epoch if epoch_ok else "x" + epoch, replay))
+    assert (ids(got.messages), got.complete, got.last_id, got.epoch) == (
+        want, complete, count, epoch
+    )
+
+
+async def test_replay_unknown_room(new_store: NewStore) -> None:
+    """A room with no messages replays nothing, complete, last_id 0."""
+    store = await new_store()
+    epoch = await epoch_of(store)
+    for since in (None, 0):
+        got = await within(store.replay("empty", since, epoch, 50))
+        assert (got.messages, got.complete, got.last_id) == ([], True, 0)
+
+
+@pytest.mark.parametrize(
+    ("retain", "count", "before", "limit", "want", "more"),
+    [
+        (100, 10, None, 4, [7, 8, 9, 10], True),  # newest page
+        (100, 10, 7, 3, [4, 5, 6], True),  # before pages back
+        (100, 10, 4, 3, [1, 2, 3], False),  # reaching message 1
+        (100, 10, 4, 50, [1, 2, 3], False),
+        (100, 5, None, 5, [1, 2, 3, 4, 5], False),  # exact fit
+        (4, 10, None, 4, [7, 8, 9, 10], False),  # older ones trimmed: no more
+        (4, 10, 9, 1, [8], True),
+        (100, 5, 1, 10, [], False),  # nothing before message 1
+        (100, 5, 0, 10, [], False),
+        (3, 10, 5, 10, [], False),  # before inside the trimmed range
+        (100, 5, 1000, 2, [4, 5], True),  # before past the newest
+        (100, 5, 10**30, 2, [4, 5], True),  # before past any integer SQLite holds
+    ],
+)
+async def test_page(
+    new_store: NewStore,
+    retain: int,
+    count: int,
+    before: int | None,
+    limit: int,
+    want: list[int],
+    more: bool,
+) -> None:
+    """A history page holds up to `limit` messages before `before`, ascending, with more."""
+    store = await new_store(retain=retain)
+    await fill(store, "lobby", count)
+    page = await within(store.page("lobby", before, limit))
+    assert (ids(page.messages), page.more) == (want, more)
+
+
+async def test_page_unknown_room(new_store: NewStore) -> None:
+    """A room without messages pages to nothing."""
+    store = await new_store()
+    page = await within(store.page("nobody", None, 50))
+    assert (page.messages, page.more) == ([], False)
+
+
+async def test_rooms_lists_last_ids(new_store: NewStore) -> None:
+    """rooms() maps every room with messages to its newest id, trimmed or not."""
+    store = await new_store(retain=2)
+    assert await within(store.rooms()) == {}
+    await fill(store, "a", 3)
+    await fill(store, "b", 1)
+    assert await within(store.rooms()) == {"a": 3, "b": 1}
+
+
+async def test_check_ok(new_store: NewStore) -> None:
+    """check() answers ok on an open store."""
+    store = await new_store()
+    assert await within(store.check()) == "ok"
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+async def test_ids_continue_after_reopen(sqlite_store: OpenSqlite) -> None:
+    """After close and reopen, a room's ids continue where they stopped."""
+    store = await sqlite_store()
+    await fill(store, "lobby", 3)
+    store = await reopen(store)
+    try:
+        assert (await append(store, "lobby", "after"))[0].id == 4
+        assert ids((await within(store.page("lobby", None, 10))).messages) == [1, 2, 3, 4]
+        assert await within(store.rooms()) == {"lobby": 4}
+    finally:
+        await within(store.close())
+
+
+async def test_dedup_survives_reopen(sqlite_store: OpenSqlite) -> None:
+    """A cid stored before a restart is found, and not stored again, after it."""
+    store = await sqlite_store()
+    original, _ = await append(store, "lobby", "hi", "c1")
+    store = await reopen(store)
+    try:
+        assert await within(store.find("lobby", "alice", "c1")) == original
+        assert await append(store, "lobby", "again", "c1") == (original, False)
+        assert await within(store.rooms()) == {"lobby": 1}
+    finally:
+        await within(store.close())
+
+
+async def test_epoch_stable_across_reopen_and_new_per_file(sqlite_store: OpenSqlite) -> None:
+    """The epoch belongs to the file: equal after reopen, different for another file."""
+    store = await sqlite_store()
+    epoch = store.epoch
+    assert epoch and await epoch_of(store) == epoch
+    other = await sqlite_store(name="other.db")
+    assert other.epoch != epoch
+    store = await reopen(store)
+    try:
+        assert store.epoch == epoch
+        assert await epoch_of(store) == epoch
+    finally:
+        await within(store.close())
+
+
+async def test_recovery_across_reopen_is_complete(sqlite_store: OpenSqlite) -> None:
+    """A client's (epoch, since) from before a restart recovers exactly what followed."""
+    store = await sqlite_store()
+    await fill(store, "lobby", 3)
+    epoch = store.epoch
+    store = await reopen(store)
+    try:
+        await fill(store, "lobby", 2)
+        got = await within(store.replay("lobby", 2, epoch, 50))
+        assert (ids(got.messages), got.complete, got.last_id) == ([3, 4, 5], True, 5)
+    finally:
+        await within(store.close())
+
+
+async def test_retention_across_reopen(sqlite_store: OpenSqlite) -> None:
+    """Retention keeps holding after a restart, also with a smaller retain."""
+    store = await sqlite_store(retain=3)
+    await fill(store, "lobby", 5)
+    store = await reopen(store)
+    try:
+        await fill(store, "lobby", 1)
+        assert ids((await within(store.page("lobby", None, 10))).messages) == [4, 5, 6]
+    finally:
+        store = await reopen(store, retain=2)
+    try:
+        assert (await append(store, "lobby", "m7"))[0].id == 7
+        assert ids((await within(store.page("lobby", None, 10))).messages) == [6, 7]
+    finally:
+        await within(store.close())
+
+
+async def test_ids_continue_when_retention_left_nothing(sqlite_store: OpenSqlite) -> None:
+    """ids continue from the rooms table even when no message of the room is stored."""
+    store = await sqlite_store()
+    await fill(store, "lobby", 3)
+    await within(store.close())
+    with sqlite3.connect(store.path) as db:
+        db.execute("DELETE FROM messages")
+    db.close()
+    store = SqliteHistory(store.path, 100)
+    await within(store.open())
+    try:
+        replay = await within(store.replay("lobby", 1, store.epoch, 50))
+        assert (replay.messages, replay.complete, replay.last_id) == ([], False, 3)
+        assert (await append(store, "lobby", "next"))[0].id == 4
+    finally:
+        await within(store.close())
+
+
+CRASH_SCRIPT = """
+import asyncio, os, sys
+from chat.history.sqlite import SqliteHistory
+
+async def main():
+    store = SqliteHistory(sys.argv[1], 100)
+    await store.open()
+    for n in range(3):
+        await store.append("lobby", "alice", "alice", f"m{n}", f"c{n}", n)
+    os._exit(0)  # no close: what was acknowledged must already be in the file
+
+asyncio.run(main())
+"""
+
+
+async def test_acknowledged_messages_survive_process_crash(tmp_path: Path) -> None:
+    """Messages acknowledged by a process that then dies without closing are stored."""
+    path = str(tmp_path / "chat.db")
+    await within(asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", CRASH_SCRIPT, path], check=True, timeout=DEADLINE
+    ))
+    store = SqliteHistory(path, 100)
+    await within(store.open())
+    try:
+        page = await within(store.page("lobby", None, 10))
+        assert [m.text for m in page.messages] == ["m0", "m1", "m2"]
+        assert (await append(store, "lobby", "next"))[0].id == 4
+    finally:
+        await within(store.close())
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+async def test_group_commit_orders_and_batches(sqlite_store: OpenSqlite) -> None:
+    """200 appends at once get ids 1..200, return in id order, in far fewer commits."""
+    store = await sqlite_store(retain=1000)
+    order: list[int] = []
+
+    async def say(n: int) -> None:
+        message, new = await store.append("lobby", "alice", "alice", f"m{n}", f"c{n}", n)
+        assert new
+        order.append(message.id)
+
+    await within(asyncio.gather(*(say(n) for n in range(200))))
+    assert order == list(range(1, 201))
+    assert store.commits <= 10
+    assert ids((await within(store.page("lobby", None, 100))).messages) == list(range(101, 201))
+
+
+async def test_appends_during_a_commit_join_the_next_batch(sqlite_store: OpenSqlite) -> None:
+    """Appends made while a batch commits are stored by the next commit, in order."""
+    store = await sqlite_store()
+    first = asyncio.ensure_future(store.append("lobby", "alice", "alice", "one", None, 1))
+    await asyncio.sleep(0)  # queued; the writer wakes before the appends below are
+    later = [store.append("lobby", "alice", "alice", f"m{n}", None, n) for n in range(5)]
+    results = await within(asyncio.gather(first, *later))
+    assert [m.id for m, _ in results] == [1, 2, 3, 4, 5, 6]
+    assert store.commits == 2
+
+
+async def test_append_of_a_gone_sender_is_not_stored(sqlite_store: OpenSqlite) -> None:
+    """An append cancelled before its batch is taken stores nothing and uses no id."""
+    store = await sqlite_store()
+    gone = asyncio.ensure_future(store.append("lobby", "alice", "alice", "gone", "c1", 1))
+    await asyncio.sleep(0)  # queued, not yet taken by the writer
+    gone.cancel()
+    message, _ = await append(store, "lobby", "kept")
+    assert gone.cancelled()
+    assert message.id == 1
+    assert await within(store.find("lobby", "alice", "c1")) is None
+
+
+async def test_failed_commit_fails_the_batch(sqlite_store: OpenSqlite) -> None:
+    """When a batch cannot be stored every append in it fails, and ids do not skip."""
+    store = await sqlite_store()
+    await append(store, "lobby", "before")
+    await within(store.close())
+    with sqlite3.connect(store.path) as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.text = 'boom'"
+            " BEGIN SELECT RAISE(ABORT, 'boom refused'); END"
+        )
+    db.close()
+    store = SqliteHistory(store.path, 100)
+    await within(store.open())
+    try:
+        results = await within(asyncio.gather(
+            store.append("lobby", "alice", "alice", "fine", "c1", 1),
+            store.append("lobby", "alice", "alice", "boom", "c2", 2),
+            store.append("other", "alice", "alice", "fine", "c3", 3),
+            return_exceptions=True,
+        ))
+        assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
+        assert await within(store.find("lobby", "alice", "c1")) is None
+        assert await within(store.check()) == "ok"
+        message, new = await append(store, "lobby", "after", "c1")
+        assert (message.id, new) == (2, True)
+        assert (await append(store, "other", "after"))[0].id == 1
+        assert await within(store.rooms()) == {"lobby": 2, "other": 1}
+    finally:
+        await within(store.close())
+
+
+async def test_close_stores_what_is_queued(sqlite_store: OpenSqlite) -> None:
+    """close() waits for queued appends to be stored and acknowledged."""
+    store = await sqlite_store()
+    pending = [
+        asyncio.ensure_future(store.append("lobby", "alice", "alice", f"m{n}", None, n))
+        for n in range(20)
+    ]
+    await asyncio.sleep(0)
+    await within(store.close())
+    assert all(task.done() and not task.cancelled() for task in pending)
+    assert [task.result()[0].id for task in pending] == list(range(1, 21))
+    with pytest.raises(RuntimeError):
+        await within(store.append("lobby", "alice", "alice", "late", None, 1))
+    assert await within(store.check()) == "not open"
+    store = await reopen(store)
+    try:
+        assert await within(store.rooms()) == {"lobby": 20}
+    finally:
+        await within(store.close())
+
+
+# --------------------------------------------------------------------------- opening
+
+
+async def open_error(path: Path) -> HistoryOpenError:
+    store = SqliteHistory(str(path), 100)
+    with pytest.raises(HistoryOpenError) as info:
+        await within(store.open())
+    assert await within(store.check()) == "not open"
+    return info.value
+
+
+async def test_open_garbage_file(tmp_path: Path) -> None:
+    """A file that is not a database is refused with one line naming it."""
+    path = tmp_path / "chat.db"
+    path.write_bytes(b"this is certainly not an sqlite database\n" * 200)
+    err = await open_error(path)
+    assert str(err) == f"{path}: cannot open history database: file is not a database"
+    assert path.read_bytes().startswith(b"this is certainly not")  # left untouched
+
+
+def damage_page(path: Path, page: int, page_size: int = 4096) -> None:
+    """Overwrite one page of a database file (page 0 holds the header) with junk."""
+    data = bytearray(path.read_bytes())
+    assert len(data) >= (page + 1) * page_size
+    data[page * page_size : (page + 1) * page_size] = bytes(range(256)) * (page_size // 256)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 4, 8, 16, 17])
+async def test_open_damaged_file(sqlite_store: OpenSqlite, page: int) -> None:
+    """A store file with a damaged page is refused at open as malformed."""
+    store = await sqlite_store()
+    for n in range(300):
+        await append(store, f"room{n % 3}", "x" * 200, f"c{n}")
+    await within(store.close())
+    path = Path(store.path)
+    damage_page(path, page)
+    err = await open_error(path)
+    assert str(err).startswith(f"{path}: cannot open history database: ")
+    assert "malformed" in str(err)
+
+
+async def test_open_missing_directory(tmp_path: Path) -> None:
+    """A path in a directory that does not exist is refused, naming the path."""
+    path = tmp_path / "missing" / "chat.db"
+    err = await open_error(path)
+    assert str(err).startswith(f"{path}: cannot open history database: directory ")
+    assert "does not exist" in str(err)
+    assert not path.parent.exists()
+
+
+async def test_open_directory(tmp_path: Path) -> None:
+    """A path that is a directory is refused."""
+    err = await open_error(tmp_path)
+    assert str(err) == f"{tmp_path}: cannot open history database: is a directory"
+
+
+async def test_open_locked_by_another_writer(tmp_path: Path) -> None:
+    """A file held by another connection's exclusive transaction is refused fast."""
+    path = tmp_path / "chat.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("CREATE TABLE other (x)")
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        err = await open_error(path)
+        assert time.monotonic() - started < 5
+        assert str(err).startswith(f"{path}: cannot open history database: database is locked")
+    finally:
+        holder.close()
+
+
+async def test_open_refused_while_another_store_holds_the_file(sqlite_store: OpenSqlite) -> None:
+    """A second server on the same file is refused: it would hand out the same ids."""
+    store = await sqlite_store()
+    await append(store, "lobby", "hi")
+    err = await open_error(Path(store.path))
+    assert "database is locked" in str(err)
+    assert (await append(store, "lobby", "still mine"))[0].id == 2
+
+
+async def test_open_newer_schema(tmp_path: Path) -> None:
+    """A file written by a newer schema version is refused, not downgraded."""
+    path = tmp_path / "chat.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    err = await open_error(path)
+    assert "newer" in str(err)
+
+
+async def test_migration_upgrades_empty_file(tmp_path: Path) -> None:
+    """A database at user_version 0 with no tables gets the schema, WAL and an epoch."""
+    path = tmp_path / "chat.db"
+    sqlite3.connect(path).close()
+    store = SqliteHistory(str(path), 100)
+    await within(store.open())
+    try:
+        assert store.epoch
+        assert (await append(store, "lobby", "hi"))[0].id == 1
+    finally:
+        await within(store.close())
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert {"meta", "rooms", "messages", "messages_cid"} <= tables
+
+
+async def test_later_migration_upgrades_existing_file(
+    sqlite_store: OpenSqlite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration added later runs once on an existing file and keeps its data."""
+    store = await sqlite_store()
+    await append(store, "lobby", "hi")
+    epoch = store.epoch
+    await within(store.close())
+    monkeypatch.setattr(
+        sqlite_backend, "MIGRATIONS",
+        [*MIGRATIONS, ("CREATE TABLE extra (x)", "INSERT INTO extra VALUES (1)")],
+    )
+    store = await reopen(store)
+    store = await reopen(store)  # a second open has nothing left to apply
+    try:
+        assert store.epoch == epoch
+        assert (await append(store, "lobby", "again"))[0].id == 2
+    finally:
+        await within(store.close())
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS) + 1,)
+        assert db.execute("SELECT x FROM extra").fetchall() == [(1,)]
+    db.close()
+
+
+async def test_failed_migration_leaves_file_unchanged(
+    sqlite_store: OpenSqlite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that fails applies none of its statements and keeps the version."""
+    store = await sqlite_store()
+    await within(store.close())
+    monkeypatch.setattr(
+        sqlite_backend, "MIGRATIONS",
+        [*MIGRATIONS, ("CREATE TABLE extra (x)", "THIS IS NOT SQL")],
+    )
+    err = await open_error(Path(store.path))
+    assert "syntax error" in str(err)
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
+    db.close()
+
+
+# --------------------------------------------------------------------------- through the app
+
+
+async def test_app_history_survives_restart(aiohttp_client: Any, tmp_path: Path) -> None:
+    """Through the app: history, ids and cid dedup outlive a server restart."""
+    config = make_config({"history": {"backend": "sqlite", "path": str(tmp_path / "chat.db")}})
+
+    first: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    alice = Peer(await first.ws_connect("/ws"))
+    await alice.hello("alice")
+    joined = await alice.join("lobby")
+    epoch = joined["epoch"]
+    assert (await alice.say("lobby", "one", cid="c1"))["id"] == 1
+    assert (await alice.say("lobby", "two", cid="c2"))["id"] == 2
+    await alice.ws.close()
+    await first.close()  # shuts the app down: the store is closed
+
+    second: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    bob = Peer(await second.ws_connect("/ws"))
+    await bob.hello("bob")
+    fresh = await bob.join("lobby")
+    assert fresh["epoch"] == epoch
+    assert [(m["id"], m["text"]) for m in fresh["messages"]] == [(1, "one"), (2, "two")]
+    alice = Peer(await second.ws_connect("/ws"))
+    await alice.hello("alice")
+    recovered = await alice.join("lobby", since=1, epoch=epoch)
+    assert ([m["id"] for m in recovered["messages"]], recovered["complete"]) == ([2], True)
+    await bob.expect("presence", event="join", nick="alice")
+
+    ack = await alice.say("lobby", "one, re-sent", cid="c1")
+    assert (ack["id"], ack["cid"]) == (1, "c1")
+    assert await bob.quiet(0.3) == []
+    ack = await alice.say("lobby", "three", cid="c3")
+    assert ack["id"] == 3
+    message = await bob.expect("message", room="lobby")
+    assert (message["id"], message["text"], message["cid"]) == (3, "three", "c3")
+
+    resp = await asyncio.wait_for(second.get("/api/rooms"), DEADLINE)
+    assert next(r for r in await resp.json() if r["room"] == "lobby")["last_id"] == 3
+    resp = await asyncio.wait_for(second.get("/readyz"), DEADLINE)
+    assert (await resp.json())["backends"]["history"] == "ok"
+    await alice.ws.close()
+    await bob.ws.close()
+
+
+
+async def test_live_database_can_be_backed_up(sqlite_store: OpenSqlite, tmp_path: Path) -> None:
+    """SQLite's online backup copies the file while the server holds it open."""
+    store = await sqlite_store()
+    await fill(store, "lobby", 5)
+    copy = tmp_path / "copy.db"
+    source = sqlite3.connect(store.path)
+    target = sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    await fill(store, "lobby", 1)  # the live store goes on writing
+    check = sqlite3.connect(copy)
+    try:
+        rows = check.execute("SELECT id FROM messages WHERE room = 'lobby' ORDER BY id")
+        assert [row[0] for row in rows] == [1, 2, 3, 4, 5]
+    finally:
+        check.close()
