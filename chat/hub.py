@@ -76,6 +76,7 @@ class Hub:
         self.nicks: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.buckets: dict[Connection, TokenBucket] = {}
+        self._storing: set[asyncio.Future[None]] = set()  # say steps in flight
         self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
         self._empty = asyncio.Event()
@@ -324,10 +325,9 @@ class Hub:
         problem = protocol.text_problem(event.text, self.config.limits.max_text)
         if problem is not None:
             return problem
-        store = self.store
         if event.cid is not None:
             # A re-sent say is answered with the original's ack, whatever the rate.
-            original = await store.find(room.name, session.key, event.cid)
+            original = await self.store.find(room.name, session.key, event.cid)
             if original is not None:
                 conn.send(_ack(original))
                 return None
@@ -336,18 +336,34 @@ class Hub:
             return Invalid(
                 "rate_limited", "too many messages; slow down", None, retry_after=retry_after
             )
-        message, created = await store.append(
-            room.name, session.nick, session.key, event.text, event.cid, now_ms()
+        # Storing and broadcasting is one step that outlives the request: if the sender's
+        # connection ends while its message is being committed, the message is stored
+        # all the same and must still reach the room, or members would see a gap.
+        step = asyncio.ensure_future(self._store(conn, room.name, session, event))
+        self._storing.add(step)
+        step.add_done_callback(self._stored)
+        await asyncio.shield(step)
+        return None
+
+    async def _store(
+        self, conn: Connection, name: str, session: Session, event: protocol.Say
+    ) -> None:
+        message, created = await self.store.append(
+            name, session.nick, session.key, event.text, event.cid, now_ms()
         )
         # No await from here on: stores finish appends in id order, so broadcasting
         # right away hands every member the messages in id order.
         conn.send(_ack(message))
         if created:
             self.metrics.messages.inc()
-            live = self.rooms.get(room.name)
-            if live is not None:
-                self.broadcast(live, protocol.encode(message.frame()), message.id)
-        return None
+            room = self.rooms.get(name)
+            if room is not None:
+                self.broadcast(room, protocol.encode(message.frame()), message.id)
+
+    def _stored(self, step: asyncio.Future[None]) -> None:
+        self._storing.discard(step)
+        if not step.cancelled() and (err := step.exception()) is not None:
+            logger.warning("storing a message failed: %s", err)
 
     def _bucket(self, conn: Connection) -> TokenBucket:
         bucket = self.buckets.get(conn)

@@ -286,3 +286,38 @@ async def test_api_rooms(connect: Connect, client: Any) -> None:
         {"room": "empty", "members": 1, "last_id": 0},
         {"room": "lobby", "members": 1, "last_id": 0},
     ]
+
+
+async def test_message_committed_after_sender_left_still_broadcast(aiohttp_client: Any) -> None:
+    """A say stored after its sender's connection ended still reaches the room: no gap."""
+    from chat.history.memory import MemoryHistory
+    from chat.keys import HISTORY, HUB
+
+    app = create_app(make_config())
+    store = app[HISTORY]
+    assert isinstance(store, MemoryHistory)
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    append = store.append
+
+    async def slow_append(*args: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await append(*args)
+
+    store.append = slow_append  # type: ignore[method-assign]
+    client = await aiohttp_client(app)
+    bob = Peer(await client.ws_connect("/ws"))
+    await bob.hello("bob")
+    await bob.join("lobby")
+    alice = Peer(await client.ws_connect("/ws"))
+    await alice.hello("alice")
+    await alice.join("lobby")
+    await alice.send({"type": "say", "room": "lobby", "text": "last words", "cid": "w"})
+    await asyncio.wait_for(entered.wait(), 5)
+    await alice.ws.close()
+    await bob.expect("presence", event="leave", nick="alice")
+    assert len(app[HUB].connections) == 1
+    gate.set()
+    message = await bob.expect("message")
+    assert (message["id"], message["text"]) == (1, "last words")
