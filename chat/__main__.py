@@ -20,10 +20,15 @@ from aiohttp import web
 from chat import auth, protocol
 from chat.app import create_app
 from chat.config import Config, ConfigError, load_config
+from chat.history import HistoryOpenError
 
 logger = logging.getLogger("chat")
 
 EXIT_CONFIG = 2
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (the store or the address is unusable)."""
 
 
 def _port(text: str) -> int:
@@ -75,14 +80,18 @@ async def serve(app: web.Application, config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     # Half the budget for closing WebSockets (on_shutdown), half for the rest.
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2)
-    await runner.setup()
+    try:
+        await runner.setup()  # opens the history store
+    except HistoryOpenError as err:
+        await runner.cleanup()
+        raise StartupError(str(err)) from None
     site = web.TCPSite(runner, config.server.host, config.server.port)
     try:
         await site.start()
     except OSError as err:
         await runner.cleanup()
-        raise SystemExit(f"cannot listen on {config.server.host}:{config.server.port}: "
-                         f"{err.strerror or err}") from None
+        raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: "
+                           f"{err.strerror or err}") from None
     port = runner.addresses[0][1]
     print(f"listening on http://{_url_host(config.server.host)}:{port}", flush=True)
     await stop.wait()
@@ -154,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"{config.source or 'defaults'}: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    asyncio.run(serve(app, config))
+    try:
+        asyncio.run(serve(app, config))
+    except StartupError as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 
