@@ -84,7 +84,7 @@ class CleanupConfig:
 class HistoryConfig:
     """Which history store to use and how much of each room it keeps and replays."""
 
-    backend: str = "memory"
+    backend: str = "sqlite"
     path: str = "chat.db"
     retain: int = 10000
     replay: int = 50

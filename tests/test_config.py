@@ -58,7 +58,7 @@ def test_defaults() -> None:
     assert config.heartbeat == HeartbeatConfig(interval=10.0, timeout=30.0)
     assert config.cleanup.interval == 5.0
     assert config.history == HistoryConfig(
-        backend="memory", path="chat.db", retain=10000, replay=50
+        backend="sqlite", path="chat.db", retain=10000, replay=50
     )
     assert config.limits == LimitsConfig(
         max_text=2000,
