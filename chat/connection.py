@@ -57,6 +57,8 @@ class Connection:
         self._queue: deque[tuple[bytes, WSMsgType]] = deque()
         self._queued_bytes = 0
         self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()  # set whenever the queue is empty
+        self._drained.set()
         self._writer: asyncio.Task[None] | None = None
 
     @property
@@ -80,6 +82,7 @@ class Connection:
             return
         self._queue.append((data, opcode))
         self._queued_bytes += len(data)
+        self._drained.clear()
         self._wakeup.set()
 
     def send_room(self, room: str, data: bytes, msg_id: int | None = None) -> None:
@@ -90,6 +93,16 @@ class Connection:
         else:
             self.send(data)
 
+    async def replies_taken(self) -> None:
+        """Wait while more than half of `send_buffer` waits to be sent.
+
+        The dispatcher calls this between requests: a client that pipelines many
+        requests is then slowed to the pace at which it takes the replies (its requests
+        wait in TCP), instead of being dropped as a slow consumer for its own replies.
+        """
+        if self._queued_bytes > self._send_buffer // 2 and not self.closing:
+            await self._drained.wait()
+
     def start_writer(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer {self.remote}")
 
@@ -98,6 +111,7 @@ class Connection:
         try:
             while True:
                 while not self._queue:
+                    self._drained.set()
                     if self.closing:
                         await ws.close(code=self.close_code or Close.NORMAL,
                                        message=self.close_reason.encode()[:123])
@@ -131,6 +145,7 @@ class Connection:
         self.close_reason = reason
         self._queue.clear()
         self._queued_bytes = 0
+        self._drained.set()
         if self._writer is not None:
             self._writer.cancel()
         transport = self.transport

@@ -54,6 +54,11 @@ def networks(items: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(item, strict=False) for item in items)
 
 
+def trusted_peer(address: str, trusted: tuple[Network, ...]) -> bool:
+    """Is this TCP peer one of the configured reverse proxies?"""
+    return _in(address, trusted)
+
+
 def _in(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)

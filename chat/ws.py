@@ -18,7 +18,7 @@ from chat import protocol
 from chat.connection import CLOSE_TIMEOUT, Connection
 from chat.hub import DROPPED, Hub, Outcome, now_ms
 from chat.keys import HUB, PROXIES
-from chat.policy import client_address, origin_allowed, own_origin
+from chat.policy import client_address, origin_allowed, own_origin, trusted_peer
 from chat.protocol import Close, Invalid
 
 logger = logging.getLogger(__name__)
@@ -47,11 +47,14 @@ Request = protocol.ClientEvent | Invalid | object
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     config = hub.config
-    address = client_address(
-        request.remote or "?", request.headers.get("X-Forwarded-For"), request.app[PROXIES]
-    )
+    peer = request.remote or "?"
+    proxies = request.app[PROXIES]
+    via_proxy = trusted_peer(peer, proxies)
+    # Every X-Forwarded-For line counts: proxies may append a line of their own.
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ())) if via_proxy else None
+    address = client_address(peer, forwarded, proxies)
     # The upgrade policy is decided before the WebSocket is accepted, with a status.
-    own = own_origin(_scheme(request, address), request.host)
+    own = own_origin(_scheme(request, via_proxy), request.host)
     if not origin_allowed(request.headers.get("Origin"), own, config.security.allowed_origins):
         logger.info("refused upgrade from %s: origin %r", address, request.headers.get("Origin"))
         raise web.HTTPForbidden(text="origin not allowed\n")
@@ -91,9 +94,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _scheme(request: web.Request, address: str) -> str:
+def _scheme(request: web.Request, via_proxy: bool) -> str:
     """The scheme the client used; a trusted proxy may say it terminated TLS."""
-    if address != request.remote:  # the request came through a trusted proxy
+    if via_proxy:
         forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
         if forwarded in ("http", "https"):
             return forwarded
@@ -135,6 +138,7 @@ async def _read(
 
 async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]) -> None:
     while not conn.closing:
+        await conn.replies_taken()
         request = await requests.get()
         if request is _HEARTBEAT:
             conn.errors_in_row = 0
