@@ -325,32 +325,42 @@ class Hub:
         problem = protocol.text_problem(event.text, self.config.limits.max_text)
         if problem is not None:
             return problem
-        if event.cid is not None:
-            # A re-sent say is answered with the original's ack, whatever the rate.
-            original = await self.store.find(room.name, session.key, event.cid)
-            if original is not None:
-                conn.send(_ack(original))
-                return None
-        retry_after = self._bucket(conn).take(self.clock())
+        bucket = self._bucket(conn)
+        retry_after = bucket.take(self.clock())
         if retry_after > 0:
+            # A re-sent say is answered with the original's ack, whatever the rate. The
+            # store is asked only here: in the common case `append` itself finds the
+            # original, which saves a trip to the store per message.
+            if event.cid is not None:
+                original = await self.store.find(room.name, session.key, event.cid)
+                if original is not None:
+                    conn.send(_ack(original))
+                    return None
             return Invalid(
                 "rate_limited", "too many messages; slow down", None, retry_after=retry_after
             )
         # Storing and broadcasting is one step that outlives the request: if the sender's
         # connection ends while its message is being committed, the message is stored
         # all the same and must still reach the room, or members would see a gap.
-        step = asyncio.ensure_future(self._store(conn, room.name, session, event))
+        step = asyncio.ensure_future(self._store(conn, room.name, session, event, bucket))
         self._storing.add(step)
         step.add_done_callback(self._stored)
         await asyncio.shield(step)
         return None
 
     async def _store(
-        self, conn: Connection, name: str, session: Session, event: protocol.Say
+        self,
+        conn: Connection,
+        name: str,
+        session: Session,
+        event: protocol.Say,
+        bucket: TokenBucket,
     ) -> None:
         message, created = await self.store.append(
             name, session.nick, session.key, event.text, event.cid, now_ms()
         )
+        if not created:
+            bucket.refund()  # a duplicate is not rate limited
         # No await from here on: stores finish appends in id order, so broadcasting
         # right away hands every member the messages in id order.
         conn.send(_ack(message))

@@ -25,3 +25,7 @@ class TokenBucket:
             self.tokens = max(0.0, self.tokens - 1.0)
             return 0.0
         return (1.0 - self.tokens) / self.rate
+
+    def refund(self) -> None:
+        """Give back a token spent on something that turned out not to count."""
+        self.tokens = min(self.burst, self.tokens + 1.0)

@@ -1,0 +1,198 @@
+"""Benchmark acknowledged `say` throughput and ack latency, per history backend.
+
+    .venv/bin/python bench/say.py [--backends memory,sqlite] [--senders 50]
+                                  [--seconds 5] [--rate 500] [--rate-seconds 5]
+
+For each backend it starts `python -m chat` as a subprocess on a free port (a fresh
+SQLite file in a temporary directory), then measures:
+
+1. throughput: `--senders` clients each send `say` and wait for its `ack` in a loop
+   (one in flight per client) for `--seconds`; acknowledged messages per second;
+2. latency: the same clients share a fixed total rate of `--rate` messages per second
+   for `--rate-seconds` (open loop: sends follow the clock, not the acks); p50/p99/max
+   of the time from sending a `say` to receiving its `ack`.
+
+It prints one table. Figures go in docs/benchmarks.md; nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Server:
+    def __init__(self, backend: str, workdir: Path) -> None:
+        config = {
+            "history": {"backend": backend, "path": str(workdir / "bench.db")},
+            # The benchmark measures storage, not the per-connection rate limit.
+            "limits": {"rate": {"messages": 1_000_000, "per": 1, "burst": 1_000_000},
+                       "max_connections_per_ip": 10_000},
+        }
+        path = workdir / f"{backend}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chat", "--config", str(path), "--port", "0",
+             "--log-level", "WARNING"],
+            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.match(r"listening on (http://\S+)", line)
+        if not match:
+            self.proc.kill()
+            raise SystemExit(f"server did not start: {line!r}")
+        self.url = match.group(1).replace("http://", "ws://") + "/ws"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Sender:
+    """One client: says in `room` and resolves each say's future on its ack."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.waiting: dict[str, asyncio.Future[float]] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            frame = orjson.loads(msg.data)
+            if frame["type"] == "ack":
+                future = self.waiting.pop(frame["cid"], None)
+                if future is not None and not future.done():
+                    future.set_result(time.perf_counter())
+
+    async def say(self, room: str, cid: str) -> float:
+        """Seconds from send to ack."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiting[cid] = future
+        start = time.perf_counter()
+        await self.ws.send_str(
+            orjson.dumps({"type": "say", "room": room, "text": "benchmark text " * 4,
+                          "cid": cid}).decode()
+        )
+        return await asyncio.wait_for(future, 30) - start
+
+
+async def connect_all(url: str, count: int, http: aiohttp.ClientSession) -> list[Sender]:
+    senders = []
+    for n in range(count):
+        ws = await http.ws_connect(url, autoping=True)
+        await ws.send_str(orjson.dumps({"type": "hello", "nick": f"bench{n}"}).decode())
+        await ws.receive()  # welcome
+        room = f"room{n % 5}"
+        await ws.send_str(orjson.dumps({"type": "join", "room": room}).decode())
+        while orjson.loads((await ws.receive()).data)["type"] != "joined":
+            pass
+        senders.append(Sender(ws))
+    return senders
+
+
+async def throughput(senders: list[Sender], seconds: float) -> float:
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def loop(n: int, sender: Sender) -> None:
+        nonlocal done
+        k = 0
+        while time.perf_counter() < deadline:
+            await sender.say(f"room{n % 5}", f"t{n}-{k}")
+            k += 1
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(n, s) for n, s in enumerate(senders)))
+    return done / (time.perf_counter() - start)
+
+
+async def latency(senders: list[Sender], rate: float, seconds: float) -> list[float]:
+    total = int(rate * seconds)
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    tasks = []
+    for k in range(total):
+        delay = start + k * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        n = k % len(senders)
+        tasks.append(asyncio.create_task(senders[n].say(f"room{n % 5}", f"l{k}")))
+    return sorted(await asyncio.gather(*tasks))
+
+
+def pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(p * len(values)))] * 1000
+
+
+async def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(backend, Path(tmp))
+        try:
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0)
+            ) as http:
+                senders = await connect_all(server.url, args.senders, http)
+                await throughput(senders, 1.0)  # warm up
+                rate = await throughput(senders, args.seconds)
+                lat = await latency(senders, args.rate, args.rate_seconds)
+                for sender in senders:
+                    await sender.ws.close()
+                    sender.reader.cancel()
+        finally:
+            server.stop()
+    return {
+        "backend": backend,
+        "throughput": rate,
+        "p50": pct(lat, 0.50),
+        "p99": pct(lat, 0.99),
+        "max": lat[-1] * 1000,
+        "mean": statistics.fmean(lat) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="memory,sqlite")
+    parser.add_argument("--senders", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--rate-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    results = [asyncio.run(run(b, args)) for b in args.backends.split(",")]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {platform.platform()}")
+    print(f"{args.senders} senders, one say in flight each; latency at {args.rate:g}/s")
+    print(f"{'backend':8} {'acked say/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for r in results:
+        print(f"{r['backend']:8} {r['throughput']:12.0f} {r['p50']:8.2f} "
+              f"{r['p99']:8.2f} {r['max']:8.2f}")
+    if len(results) == 2:
+        print(f"{results[1]['backend']} / {results[0]['backend']} throughput: "
+              f"{results[1]['throughput'] / results[0]['throughput']:.0%}")
+
+
+if __name__ == "__main__":
+    main()
