@@ -21,6 +21,9 @@ const el = {
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 const NICK_RE = /^[\p{L}\p{N}_.-]{1,32}$/u;
 const NICK_KEY = 'chat.nick';
+// Per tab: a reload resumes the session (a takeover) instead of racing the old socket's
+// close and meeting `nick_taken`.
+const SESSION_KEY = 'chat.session';
 const DEFAULT_ROOM = 'lobby';
 const DEFAULT_HEARTBEAT = { interval: 10, timeout: 30 }; // s, until `welcome` tells the real ones
 const BACKOFF_BASE = 0.5;      // s
@@ -56,7 +59,7 @@ const outbox = new Map();
 //   waiting     back-off timer running before the next attempt
 //   parked      not trying on our own (replaced by another tab, unauthorised)
 const conn = {
-  ws: null, phase: 'waiting', session: null,
+  ws: null, phase: 'waiting', session: tabSession(), welcomed: false,
   heartbeat: { ...DEFAULT_HEARTBEAT },
   lastFrameAt: 0, lastTickAt: 0, rtt: null,
   attempt: 0, retryAt: 0, retryTimer: 0,
@@ -96,6 +99,15 @@ function storage(key, value) {
     if (value === undefined) return localStorage.getItem(key);
     localStorage.setItem(key, value);
   } catch { /* ignore */ }
+  return null;
+}
+
+function tabSession(value) {
+  try {
+    if (value === undefined) return sessionStorage.getItem(SESSION_KEY);
+    if (value === null) sessionStorage.removeItem(SESSION_KEY);
+    else sessionStorage.setItem(SESSION_KEY, value);
+  } catch { /* ignore: resuming across a reload is only a convenience */ }
   return null;
 }
 
@@ -163,7 +175,7 @@ function statusText() {
 }
 
 // A page that was connected before is getting back, not signing in for the first time.
-const comingBack = () => Boolean(conn.session) || conn.attempt > 0;
+const comingBack = () => conn.welcomed || conn.attempt > 0;
 
 function renderStatus() {
   const text = statusText();
@@ -361,6 +373,8 @@ function onWelcome(f) {
   conn.phase = 'ready';
   conn.attempt = 0;
   conn.session = f.session;
+  conn.welcomed = true;
+  tabSession(f.session);
   state.me = f.nick;
   el.nick.value = f.nick;
   el.nickSubmit.textContent = 'Change nick';
