@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +45,9 @@ def verify(token: str | None, nick: str | None, secret: str, now: float) -> Gran
     except jwt.InvalidTokenError as err:
         raise Unauthorized(f"invalid token: {err}") from None
     exp = claims.get("exp")
-    if exp is not None and (not isinstance(exp, int | float) or exp + LEEWAY < now):
+    # NaN and Infinity are not JSON, but a lenient parser lets them through.
+    valid_exp = isinstance(exp, int | float) and math.isfinite(exp)
+    if exp is not None and (not valid_exp or exp + LEEWAY < now):
         raise Unauthorized("the token has expired")
     sub = claims.get("sub")
     granted = protocol.normalize_nick(sub) if isinstance(sub, str) else None

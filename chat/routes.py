@@ -22,16 +22,25 @@ CSP: Final = (
 )
 
 
+def _harden(response: web.StreamResponse) -> None:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    if response.content_type == "text/html":
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("X-Frame-Options", "DENY")
+
+
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        # Error answers (404, 405, a refused upgrade) carry the same headers.
+        _harden(exc)
+        raise
     if not response.prepared:
-        headers = response.headers
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", "same-origin")
-        if response.content_type == "text/html":
-            headers.setdefault("Content-Security-Policy", CSP)
-            headers.setdefault("X-Frame-Options", "DENY")
+        _harden(response)
     return response
 
 
