@@ -16,6 +16,7 @@ from chat import auth, heartbeat, policy, routes
 from chat.config import Config
 from chat.history import HistoryStore
 from chat.history.memory import MemoryHistory
+from chat.history.sqlite import SqliteHistory
 from chat.hub import Hub
 from chat.keys import CONFIG, HISTORY, HUB, METRICS, PROXIES
 from chat.metrics import Metrics
@@ -39,7 +40,9 @@ def make_store(config: Config) -> HistoryStore:
     backend = config.history.backend
     if backend == "memory":
         return MemoryHistory(config.history.retain)
-    raise ValueError(f"history.backend: {backend} is not available in this version")
+    if backend == "sqlite":
+        return SqliteHistory(config.history.path, config.history.retain)
+    raise ValueError(f"history.backend: unknown backend {backend!r}")
 
 
 def create_app(config: Config) -> web.Application:
