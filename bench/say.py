@@ -1,7 +1,7 @@
 """Benchmark acknowledged `say` throughput and ack latency, per history backend.
 
     .venv/bin/python bench/say.py [--backends memory,sqlite] [--senders 50]
-                                  [--seconds 5] [--rate 500] [--rate-seconds 5]
+                                  [--seconds 5] [--rate 500] [--rate-seconds 5] [--repeat 3]
 
 For each backend it starts `python -m chat` as a subprocess on a free port (a fresh
 SQLite file in a temporary directory), then measures:
@@ -180,11 +180,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per backend, interleaved; the median run is shown")
     args = parser.parse_args()
-    results = [asyncio.run(run(b, args)) for b in args.backends.split(",")]
+    backends = args.backends.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+    # Interleaved, so a burst of other load on the machine hits every backend alike.
+    for _ in range(args.repeat):
+        for backend in backends:
+            runs[backend].append(asyncio.run(run(backend, args)))
+    results = [
+        sorted(runs[b], key=lambda r: r["throughput"])[len(runs[b]) // 2] for b in backends
+    ]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}")
-    print(f"{args.senders} senders, one say in flight each; latency at {args.rate:g}/s")
+    print(f"{args.senders} senders, one say in flight each; latency at {args.rate:g}/s; "
+          f"median of {args.repeat} interleaved runs")
     print(f"{'backend':8} {'acked say/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for r in results:
         print(f"{r['backend']:8} {r['throughput']:12.0f} {r['p50']:8.2f} "
