@@ -9,11 +9,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from chat.app import create_app
 from chat.config import Config, config_from_mapping
+from chat.history.memory import MemoryHistory
+from chat.keys import HISTORY
 from chat.protocol import LEGACY_HEARTBEAT
 
 DEADLINE = 5.0  # s: the most any single wait in a test may take
@@ -140,6 +142,27 @@ class Peer:
 
 
 Connect = Callable[..., Awaitable[Peer]]
+
+
+class SlowStorage:
+    """Holds every append of an app's memory store until `release()`: storage made slow."""
+
+    def __init__(self, app: web.Application) -> None:
+        store = app[HISTORY]
+        assert isinstance(store, MemoryHistory)
+        self.entered = asyncio.Event()  # an append is waiting
+        self._gate = asyncio.Event()
+        append = store.append
+
+        async def held(*args: Any) -> Any:
+            self.entered.set()
+            await self._gate.wait()
+            return await append(*args)
+
+        store.append = held  # type: ignore[method-assign]
+
+    def release(self) -> None:
+        self._gate.set()
 
 
 @pytest.fixture

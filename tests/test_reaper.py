@@ -8,9 +8,8 @@ from typing import Any
 import aiohttp
 
 from chat.app import create_app
-from chat.history.memory import MemoryHistory
-from chat.keys import CONFIG, HISTORY, HUB
-from tests.conftest import Connect, Peer, make_config
+from chat.keys import CONFIG, HUB
+from tests.conftest import Connect, Peer, SlowStorage, make_config
 
 # FAST config: heartbeat.interval 0.2, heartbeat.timeout 0.6, cleanup.interval 0.1.
 SLACK = 0.5  # s of scheduling slack on a loaded 2-core machine
@@ -170,16 +169,7 @@ async def test_pongs_answered_while_another_floods(connect: Connect) -> None:
 async def test_pong_overtakes_slow_storage(aiohttp_client: Any) -> None:
     """A pong is sent while an earlier say still waits on storage; the ack follows."""
     app = create_app(make_config())
-    gate = asyncio.Event()
-    store = app[HISTORY]
-    assert isinstance(store, MemoryHistory)
-    append = store.append
-
-    async def slow_append(*args: Any) -> Any:
-        await gate.wait()
-        return await append(*args)
-
-    store.append = slow_append  # type: ignore[method-assign]
+    storage = SlowStorage(app)
     client = await aiohttp_client(app)
     peer = Peer(await client.ws_connect("/ws"))
     await peer.hello("alice")
@@ -188,7 +178,7 @@ async def test_pong_overtakes_slow_storage(aiohttp_client: Any) -> None:
     await peer.send({"type": "history", "room": "lobby"})
     await peer.send({"type": "ping", "t": "fast"})
     await peer.next_is("pong", t="fast")
-    gate.set()
+    storage.release()
     # The replies that waited keep their request order.
     await peer.next_is("ack", cid="s")
     await peer.next_is("message", cid="s")

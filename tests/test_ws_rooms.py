@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from chat.app import create_app
-from tests.conftest import Connect, Peer, make_config
+from tests.conftest import Connect, Peer, SlowStorage, make_config
 
 
 async def test_join_answers_joined_and_tells_others(connect: Connect) -> None:
@@ -290,22 +290,10 @@ async def test_api_rooms(connect: Connect, client: Any) -> None:
 
 async def test_message_committed_after_sender_left_still_broadcast(aiohttp_client: Any) -> None:
     """A say stored after its sender's connection ended still reaches the room: no gap."""
-    from chat.history.memory import MemoryHistory
-    from chat.keys import HISTORY, HUB
+    from chat.keys import HUB
 
     app = create_app(make_config())
-    store = app[HISTORY]
-    assert isinstance(store, MemoryHistory)
-    gate = asyncio.Event()
-    entered = asyncio.Event()
-    append = store.append
-
-    async def slow_append(*args: Any) -> Any:
-        entered.set()
-        await gate.wait()
-        return await append(*args)
-
-    store.append = slow_append  # type: ignore[method-assign]
+    storage = SlowStorage(app)
     client = await aiohttp_client(app)
     bob = Peer(await client.ws_connect("/ws"))
     await bob.hello("bob")
@@ -314,10 +302,10 @@ async def test_message_committed_after_sender_left_still_broadcast(aiohttp_clien
     await alice.hello("alice")
     await alice.join("lobby")
     await alice.send({"type": "say", "room": "lobby", "text": "last words", "cid": "w"})
-    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(storage.entered.wait(), 5)
     await alice.ws.close()
     await bob.expect("presence", event="leave", nick="alice")
     assert len(app[HUB].connections) == 1
-    gate.set()
+    storage.release()
     message = await bob.expect("message")
     assert (message["id"], message["text"]) == (1, "last words")
