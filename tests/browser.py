@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Locator, Page, Playwright, expect
@@ -84,13 +84,19 @@ class ChatPage:
 
     @classmethod
     async def open(
-        cls, browser: Browser, url: str, *, width: int = 1000, height: int = 700
+        cls,
+        browser: Browser,
+        url: str,
+        *,
+        width: int = 1000,
+        height: int = 700,
+        color_scheme: Literal["light", "dark"] = "light",
     ) -> ChatPage:
         context = await browser.new_context(
             viewport={"width": width, "height": height},
             locale="en-GB",
             timezone_id="UTC",
-            color_scheme="light",
+            color_scheme=color_scheme,
         )
         context.set_default_timeout(WAIT)
         await context.add_init_script(_CSP_WATCH)

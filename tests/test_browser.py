@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import pytest_asyncio
@@ -63,7 +63,7 @@ async def open_page(browser: Browser, server: ServerProcess) -> AsyncIterator[Op
     """Open the chat page (optionally at `path`) in a new browser context."""
     pages: list[ChatPage] = []
 
-    async def _open(path: str = "/", **kwargs: int) -> ChatPage:
+    async def _open(path: str = "/", **kwargs: Any) -> ChatPage:
         page = await ChatPage.open(browser, server.url + path, **kwargs)
         pages.append(page)
         return page
@@ -308,3 +308,53 @@ async def test_screenshot(open_page: OpenPage, tmp_path: Path) -> None:
     assert SCREENSHOT.stat().st_size > 10_000
     for page in (maria, tom, priya):
         page.assert_no_page_errors()
+
+
+async def test_phone_width_and_dark_mode(open_page: OpenPage) -> None:
+    """At phone width in dark mode: no sideways scrolling, rooms above the log, dark colours."""
+    phone = await open_page(width=390, height=800, color_scheme="dark")
+    await phone.sign_in("alice")
+    await phone.say("small screens too")
+    page = phone.page
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    rooms = await page.locator("#rooms").bounding_box()
+    log = await page.locator("#messages").bounding_box()
+    assert rooms is not None and log is not None
+    assert rooms["y"] + rooms["height"] <= log["y"]  # stacked, not side by side
+    assert log["width"] <= 390
+    background = await page.evaluate(
+        "getComputedStyle(document.body).backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)"
+    )
+    assert sum(background) / 3 < 80, background  # a dark page
+    phone.assert_no_page_errors()
+
+
+async def test_keyboard_only(open_page: OpenPage) -> None:
+    """Sign in, write a two-line message and send it with the keyboard alone."""
+    alice = await open_page()
+    page = alice.page
+
+    async def tab_to(element_id: str) -> None:
+        for _ in range(40):
+            if await page.evaluate("document.activeElement && document.activeElement.id") == (
+                element_id
+            ):
+                return
+            await page.keyboard.press("Tab")
+        pytest.fail(f"Tab never reached #{element_id}")
+
+    await tab_to("nick")
+    await page.keyboard.type("alice")
+    await page.keyboard.press("Enter")
+    await alice.joined("alice")
+    await tab_to("text")
+    await page.keyboard.type("first line")
+    await page.keyboard.press("Shift+Enter")
+    await page.keyboard.type("second line")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#messages li.message .text")).to_have_text(
+        ["first line\nsecond line"]
+    )
+    await expect(alice.pending).to_have_count(0)
+    await expect(page.locator("#text")).to_have_value("")
+    alice.assert_no_page_errors()
