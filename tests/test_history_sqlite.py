@@ -493,6 +493,29 @@ async def test_group_commit_orders_and_batches(sqlite_store: OpenSqlite) -> None
     assert ids((await within(store.page("lobby", None, 100))).messages) == list(range(101, 201))
 
 
+async def test_large_batch_with_repeats_across_rooms(sqlite_store: OpenSqlite) -> None:
+    """A batch larger than one statement, with re-sent cids inside it and from the file."""
+    store = await sqlite_store(retain=5000)
+    await append(store, "a", "stored before", cid="old")
+    says = []
+    for n in range(1300):
+        room = "ab"[n % 2]
+        says.append(store.append(room, "alice", "alice", f"m{n}", f"c{n // 3}", n))
+    says.append(store.append("a", "alice", "alice", "again", "old", 0))
+    results = await within(asyncio.gather(*says))
+    new = [m for m, created in results if created]
+    # c{k} is said 3 times (n = 3k, 3k+1, 3k+2): once per room it lands in first.
+    by_room = {room: sorted(m.id for m in new if m.room == room) for room in "ab"}
+    assert by_room["a"] == list(range(2, 2 + len(by_room["a"])))
+    assert by_room["b"] == list(range(1, 1 + len(by_room["b"])))
+    for message, created in results:
+        if not created:
+            assert message.cid is not None
+    assert results[-1][0].text == "stored before" and results[-1][1] is False
+    stored = await within(store.rooms())
+    assert stored == {"a": len(by_room["a"]) + 1, "b": len(by_room["b"])}
+
+
 async def test_appends_during_a_commit_join_the_next_batch(sqlite_store: OpenSqlite) -> None:
     """Appends made while a batch commits are stored by the next commit, in order."""
     store = await sqlite_store()

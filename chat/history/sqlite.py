@@ -70,6 +70,8 @@ CHECK_TIMEOUT: Final = 2.0  # s a readiness check waits for the database thread
 _MAX_ID: Final = 2**63 - 1  # SQLite's largest integer: a `before` past it bounds nothing
 
 _COLUMNS: Final = "room, id, nick, text, ts, cid"
+# Rows per multi-row statement: 7 variables each stays far below SQLite's limit (32766).
+_ROWS_PER_STATEMENT: Final = 500
 
 _T = TypeVar("_T")
 
@@ -243,38 +245,50 @@ class _Database:
         conn = self.conn
         last_ids: dict[str, int] = {}  # this batch's new newest ids, kept only on commit
         results: list[tuple[Message, bool]] = []
+        rows: list[tuple[str, int, str, str, str, int, str | None]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # A handful of statements per batch, not several per message: each statement
+            # hands the GIL back and forth with the event loop, and that handover, not
+            # SQLite, is what costs under load.
+            seen = self._originals(batch)  # re-sent says already in the file
             for item in batch:
-                if item.cid is not None:
-                    # Sees the file and this batch's own inserts alike.
-                    original = self._find(item.room, item.key, item.cid)
-                    if original is not None:
-                        results.append((original, False))
-                        continue
+                dedup = None if item.cid is None else (item.room, item.key, item.cid)
+                if dedup is not None and (original := seen.get(dedup)) is not None:
+                    results.append((original, False))  # in the file, or earlier in the batch
+                    continue
                 last = last_ids.get(item.room)
-                msg_id = (self._last_id(item.room) if last is None else last) + 1
-                conn.execute(
-                    "INSERT INTO messages (room, id, nick, key, text, ts, cid)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (item.room, msg_id, item.nick, item.key, item.text, item.ts, item.cid),
+                msg_id = last_ids[item.room] = (
+                    self._last_id(item.room) if last is None else last
+                ) + 1
+                message = Message(item.room, msg_id, item.nick, item.text, item.ts, item.cid)
+                if dedup is not None:
+                    seen[dedup] = message
+                rows.append(
+                    (item.room, msg_id, item.nick, item.key, item.text, item.ts, item.cid)
                 )
-                # Trimmed after every insert, as the memory store does, so a cid that
-                # retention forgets is forgotten at the same point. A primary-key range.
-                if msg_id > self.retain:
+                results.append((message, True))
+            for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+                conn.execute(
+                    "INSERT INTO messages (room, id, nick, key, text, ts, cid) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                    [value for row in chunk for value in row],
+                )
+            # Retention: a primary-key range per room written, no scan of the table.
+            # Trimming once per batch keeps the same newest `retain` as trimming per row.
+            for room, last in last_ids.items():
+                if last > self.retain:
                     conn.execute(
                         "DELETE FROM messages WHERE room = ? AND id <= ?",
-                        (item.room, msg_id - self.retain),
+                        (room, last - self.retain),
                     )
-                last_ids[item.room] = msg_id
-                results.append(
-                    (Message(item.room, msg_id, item.nick, item.text, item.ts, item.cid), True)
+            if last_ids:
+                conn.execute(
+                    "INSERT INTO rooms (room, last_id) VALUES "
+                    + ", ".join(["(?, ?)"] * len(last_ids))
+                    + " ON CONFLICT (room) DO UPDATE SET last_id = excluded.last_id",
+                    [value for pair in last_ids.items() for value in pair],
                 )
-            conn.executemany(
-                "INSERT INTO rooms (room, last_id) VALUES (?, ?)"
-                " ON CONFLICT (room) DO UPDATE SET last_id = excluded.last_id",
-                last_ids.items(),
-            )
             conn.execute("COMMIT")
         except BaseException:
             # SQLite has already rolled back after some errors (disk full, I/O).
@@ -286,6 +300,21 @@ class _Database:
             raise
         self._last_ids.update(last_ids)
         return results
+
+    def _originals(self, batch: Sequence[_Append]) -> dict[tuple[str, str, str], Message]:
+        """Stored messages whose (room, key, cid) a say of the batch repeats: one query."""
+        wanted = sorted({(i.room, i.key, i.cid) for i in batch if i.cid is not None})
+        found: dict[tuple[str, str, str], Message] = {}
+        for chunk in _chunks(wanted, _ROWS_PER_STATEMENT):
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT m.room, m.id, m.nick, m.text, m.ts, m.cid, m.key"
+                f" FROM (VALUES {values}) AS w JOIN messages AS m"
+                f" ON m.room = w.column1 AND m.key = w.column2 AND m.cid = w.column3",
+                [part for key in chunk for part in key],
+            ):
+                found[(row[0], row[6], row[5])] = _message(row[:6])
+        return found
 
     def _last_id(self, room: str) -> int:
         last = self._last_ids.get(room)
@@ -344,6 +373,10 @@ class _Database:
     def rooms(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT room, last_id FROM rooms WHERE last_id > 0").fetchall()
         return {str(room): int(last_id) for room, last_id in rows}
+
+
+def _chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _reason(err: BaseException) -> str:
