@@ -37,6 +37,8 @@ DROPPED: Final = Dropped()
 
 Outcome = Invalid | Dropped | None
 
+ROOM_INVALID: Final = Invalid("room_invalid", "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None)
+
 
 @dataclass(eq=False, slots=True)
 class Session:
@@ -248,7 +250,7 @@ class Hub:
         assert session is not None
         name = event.room
         if not protocol.valid_room(name):
-            return Invalid("room_invalid", "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None)
+            return ROOM_INVALID
         if session.allowed is not None and name not in session.allowed:
             return Invalid("forbidden_room", f"your token does not allow {name!r}", None)
         new_member = name not in session.rooms
@@ -293,7 +295,7 @@ class Hub:
         assert session is not None
         name = event.room
         if not protocol.valid_room(name):
-            return Invalid("room_invalid", "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None)
+            return ROOM_INVALID
         room = self.rooms.get(name)
         conn.rooms.discard(name)
         conn.pending.pop(name, None)
@@ -310,7 +312,7 @@ class Hub:
 
     def _joined_room(self, conn: Connection, name: str) -> Room | Invalid:
         if not protocol.valid_room(name):
-            return Invalid("room_invalid", "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None)
+            return ROOM_INVALID
         room = self.rooms.get(name)
         if room is None or name not in conn.rooms:
             return Invalid("not_joined", f"join {name!r} first", None)
