@@ -51,6 +51,8 @@ class Server:
             [sys.executable, "-m", "chat", "--config", str(path), "--port", "0",
              "--log-level", "WARNING"],
             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            # The server runs this checkout's code, whatever the venv was installed from.
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -78,7 +80,9 @@ class Sender:
 
     async def _read(self) -> None:
         async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
+            # Only acks matter here; skipping the broadcasts unparsed keeps the load
+            # generator's share of the machine (which the server also runs on) small.
+            if msg.type is not aiohttp.WSMsgType.TEXT or '"ack"' not in msg.data:
                 continue
             frame = orjson.loads(msg.data)
             if frame["type"] == "ack":
