@@ -78,7 +78,6 @@ class Hub:
         self.nicks: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.buckets: dict[Connection, TokenBucket] = {}
-        self._storing: set[asyncio.Future[None]] = set()  # say steps in flight
         self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
         self._empty = asyncio.Event()
@@ -341,41 +340,24 @@ class Hub:
             return Invalid(
                 "rate_limited", "too many messages; slow down", None, retry_after=retry_after
             )
-        # Storing and broadcasting is one step that outlives the request: if the sender's
-        # connection ends while its message is being committed, the message is stored
-        # all the same and must still reach the room, or members would see a gap.
-        step = asyncio.ensure_future(self._store(conn, room.name, session, event, bucket))
-        self._storing.add(step)
-        step.add_done_callback(self._stored)
-        await asyncio.shield(step)
-        return None
+        # The ack and the broadcast happen in `stored`, which the store calls the moment
+        # the message is durable, in id order (so members receive messages in id order),
+        # and even if this connection ends meanwhile: a stored message must reach the
+        # room, or members would see a gap.
+        def stored(message: Message, created: bool) -> None:
+            if not created:
+                bucket.refund()  # a duplicate is not rate limited
+            conn.send(_ack(message))
+            if created:
+                self.metrics.messages.inc()
+                room = self.rooms.get(message.room)
+                if room is not None:
+                    self.broadcast(room, protocol.encode(message.frame()), message.id)
 
-    async def _store(
-        self,
-        conn: Connection,
-        name: str,
-        session: Session,
-        event: protocol.Say,
-        bucket: TokenBucket,
-    ) -> None:
-        message, created = await self.store.append(
-            name, session.nick, session.key, event.text, event.cid, now_ms()
+        await self.store.append(
+            room.name, session.nick, session.key, event.text, event.cid, now_ms(), stored
         )
-        if not created:
-            bucket.refund()  # a duplicate is not rate limited
-        # No await from here on: stores finish appends in id order, so broadcasting
-        # right away hands every member the messages in id order.
-        conn.send(_ack(message))
-        if created:
-            self.metrics.messages.inc()
-            room = self.rooms.get(name)
-            if room is not None:
-                self.broadcast(room, protocol.encode(message.frame()), message.id)
-
-    def _stored(self, step: asyncio.Future[None]) -> None:
-        self._storing.discard(step)
-        if not step.cancelled() and (err := step.exception()) is not None:
-            logger.warning("storing a message failed: %s", err)
+        return None
 
     def _bucket(self, conn: Connection) -> TokenBucket:
         bucket = self.buckets.get(conn)

@@ -145,19 +145,30 @@ Connect = Callable[..., Awaitable[Peer]]
 
 
 class SlowStorage:
-    """Holds every append of an app's memory store until `release()`: storage made slow."""
+    """Holds every append of an app's memory store until `release()`: storage made slow.
+
+    A held append behaves like a commit in progress: the store has taken the message,
+    so it is stored on release even if its caller was cancelled meanwhile.
+    """
 
     def __init__(self, app: web.Application) -> None:
         store = app[HISTORY]
         assert isinstance(store, MemoryHistory)
         self.entered = asyncio.Event()  # an append is waiting
         self._gate = asyncio.Event()
+        self._commits: set[asyncio.Task[Any]] = set()
         append = store.append
+
+        async def commit(*args: Any) -> Any:
+            await self._gate.wait()
+            return await append(*args)
 
         async def held(*args: Any) -> Any:
             self.entered.set()
-            await self._gate.wait()
-            return await append(*args)
+            task = asyncio.ensure_future(commit(*args))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+            return await asyncio.shield(task)
 
         store.append = held  # type: ignore[method-assign]
 

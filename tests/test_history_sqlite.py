@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,10 +16,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from chat.app import create_app
-from chat.history import HistoryStore, Message
+from chat.history import HistoryOpenError, HistoryStore, Message
 from chat.history import sqlite as sqlite_backend
 from chat.history.memory import MemoryHistory
-from chat.history.sqlite import MIGRATIONS, HistoryOpenError, SqliteHistory
+from chat.history.sqlite import MIGRATIONS, SqliteHistory
 from tests.conftest import DEADLINE, Peer, make_config
 
 T = TypeVar("T")
@@ -217,6 +218,38 @@ async def test_concurrent_appends_resolve_in_id_order(new_store: NewStore) -> No
 
     await within(asyncio.gather(*(say(n) for n in range(50))))
     assert order == list(range(1, 51))
+
+
+async def test_stored_runs_in_id_order_before_append_returns(new_store: NewStore) -> None:
+    """`stored` gets each answer in id order, before that append returns to its caller."""
+    store = await new_store()
+    announced: list[tuple[int, bool]] = []
+
+    async def say(n: int) -> None:
+        message, new = await store.append(
+            "lobby", "alice", "alice", f"m{n}", f"c{n % 40}", n,
+            lambda m, created: announced.append((m.id, created)),
+        )
+        assert (message.id, new) in announced
+
+    await within(asyncio.gather(*(say(n) for n in range(50))))
+    assert [msg_id for msg_id, new in announced if new] == list(range(1, 41))
+    assert sorted(msg_id for msg_id, new in announced if not new) == list(range(1, 11))
+
+
+async def test_stored_that_raises_keeps_the_message(
+    new_store: NewStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing `stored` is logged; the append still returns the stored message."""
+    store = await new_store()
+
+    def broken(message: Message, created: bool) -> None:
+        raise ValueError("broken callback")
+
+    message, new = await within(store.append("lobby", "alice", "alice", "hi", "c1", 1, broken))
+    assert (message.id, new) == (1, True)
+    assert "broken callback" in caplog.text
+    assert await within(store.find("lobby", "alice", "c1")) == message
 
 
 @pytest.mark.parametrize("head_start", [0, 1, 2, 3, 5])
@@ -516,12 +549,52 @@ async def test_large_batch_with_repeats_across_rooms(sqlite_store: OpenSqlite) -
     assert stored == {"a": len(by_room["a"]) + 1, "b": len(by_room["b"])}
 
 
+class HeldWrites:
+    """Holds the database thread inside its next write until `release()`."""
+
+    def __init__(self, store: SqliteHistory) -> None:
+        self._entered = threading.Event()
+        self._gate = threading.Event()
+        write = store._db.write
+
+        def held(batch: Any) -> Any:
+            self._entered.set()
+            if not self._gate.wait(DEADLINE):
+                raise RuntimeError("the test never released the write")
+            return write(batch)
+
+        store._db.write = held  # type: ignore[method-assign]
+
+    async def entered(self) -> None:
+        """Wait until the thread is inside a write (its batch is taken)."""
+        assert await asyncio.to_thread(self._entered.wait, DEADLINE)
+
+    def release(self) -> None:
+        self._gate.set()
+
+
+async def queued(store: SqliteHistory, appends: int) -> None:
+    """Wait until `appends` appends wait in the queue for the next round."""
+    async def wait() -> None:
+        # The queue has no event to wait on; `within` bounds the polling.
+        while len(store._appends) < appends:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+
+    await within(wait())
+
+
 async def test_appends_during_a_commit_join_the_next_batch(sqlite_store: OpenSqlite) -> None:
     """Appends made while a batch commits are stored by the next commit, in order."""
     store = await sqlite_store()
+    held = HeldWrites(store)
     first = asyncio.ensure_future(store.append("lobby", "alice", "alice", "one", None, 1))
-    await asyncio.sleep(0)  # queued; the writer wakes before the appends below are
-    later = [store.append("lobby", "alice", "alice", f"m{n}", None, n) for n in range(5)]
+    await held.entered()
+    later = [
+        asyncio.ensure_future(store.append("lobby", "alice", "alice", f"m{n}", None, n))
+        for n in range(5)
+    ]
+    await queued(store, 5)
+    held.release()
     results = await within(asyncio.gather(first, *later))
     assert [m.id for m, _ in results] == [1, 2, 3, 4, 5, 6]
     assert store.commits == 2
@@ -530,13 +603,99 @@ async def test_appends_during_a_commit_join_the_next_batch(sqlite_store: OpenSql
 async def test_append_of_a_gone_sender_is_not_stored(sqlite_store: OpenSqlite) -> None:
     """An append cancelled before its batch is taken stores nothing and uses no id."""
     store = await sqlite_store()
-    gone = asyncio.ensure_future(store.append("lobby", "alice", "alice", "gone", "c1", 1))
-    await asyncio.sleep(0)  # queued, not yet taken by the writer
+    held = HeldWrites(store)
+    first = asyncio.ensure_future(store.append("lobby", "alice", "alice", "first", None, 1))
+    await held.entered()
+    calls: list[Message] = []
+    gone = asyncio.ensure_future(
+        store.append("lobby", "alice", "alice", "gone", "c1", 1, lambda m, _: calls.append(m))
+    )
+    await queued(store, 1)
     gone.cancel()
+    held.release()
+    assert (await within(first))[0].id == 1
     message, _ = await append(store, "lobby", "kept")
     assert gone.cancelled()
-    assert message.id == 1
+    assert message.id == 2
     assert await within(store.find("lobby", "alice", "c1")) is None
+    assert calls == []
+
+
+async def test_taken_append_is_stored_and_announced_though_its_caller_is_gone(
+    sqlite_store: OpenSqlite,
+) -> None:
+    """Once the thread has taken a message it is stored, and `stored` runs for it."""
+    store = await sqlite_store()
+    held = HeldWrites(store)
+    announced = asyncio.Event()
+    calls: list[tuple[int, bool]] = []
+
+    def stored(message: Message, created: bool) -> None:
+        calls.append((message.id, created))
+        announced.set()
+
+    caller = asyncio.ensure_future(
+        store.append("lobby", "alice", "alice", "last words", "c1", 1, stored)
+    )
+    await held.entered()
+    caller.cancel()
+    held.release()
+    await within(announced.wait())
+    assert calls == [(1, True)]
+    assert caller.cancelled()
+    found = await within(store.find("lobby", "alice", "c1"))
+    assert found is not None and found.text == "last words"
+
+
+async def test_many_appenders_are_all_answered(sqlite_store: OpenSqlite) -> None:
+    """Appends queued while the thread takes its batch are never lost between rounds."""
+    # A short switch interval makes the loop and the database thread interleave at many
+    # more points; an append once went into a list the thread had already taken and
+    # waited forever.
+    store = await sqlite_store(retain=10_000)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        async def sender(n: int) -> list[int]:
+            got = []
+            for k in range(60):
+                message, new = await store.append(
+                    f"r{n % 4}", f"n{n}", f"n{n}", "text", f"c{k}", k
+                )
+                assert new
+                got.append(message.id)
+                for _ in range(n % 3):
+                    await asyncio.sleep(0)
+            return got
+
+        results = await within(asyncio.gather(*(sender(n) for n in range(40))))
+    finally:
+        sys.setswitchinterval(interval)
+    for room in range(4):
+        said = sorted(i for n, got in enumerate(results) if n % 4 == room for i in got)
+        assert said == list(range(1, 601))
+    assert store.commits < 2400
+
+
+async def test_repeat_of_a_stored_cid_among_new_messages(sqlite_store: OpenSqlite) -> None:
+    """A batch holding a re-sent cid stores the rest with consecutive ids, all at once."""
+    store = await sqlite_store()
+    original, _ = await append(store, "lobby", "first", "c1")
+    held = HeldWrites(store)
+    blocker = asyncio.ensure_future(store.append("other", "alice", "alice", "x", None, 1))
+    await held.entered()
+    batch = [
+        asyncio.ensure_future(store.append("lobby", "alice", "alice", "a", "c2", 2)),
+        asyncio.ensure_future(store.append("lobby", "alice", "alice", "first", "c1", 3)),
+        asyncio.ensure_future(store.append("lobby", "alice", "alice", "b", None, 4)),
+    ]
+    await queued(store, 3)
+    held.release()
+    await within(blocker)
+    results = await within(asyncio.gather(*batch))
+    assert [(m.id, new) for m, new in results] == [(2, True), (1, False), (3, True)]
+    assert results[1][0] == original
+    assert await within(store.rooms()) == {"lobby": 3, "other": 1}
 
 
 async def test_failed_commit_fails_the_batch(sqlite_store: OpenSqlite) -> None:
@@ -553,19 +712,29 @@ async def test_failed_commit_fails_the_batch(sqlite_store: OpenSqlite) -> None:
     store = SqliteHistory(store.path, 100)
     await within(store.open())
     try:
-        results = await within(asyncio.gather(
-            store.append("lobby", "alice", "alice", "fine", "c1", 1),
-            store.append("lobby", "alice", "alice", "boom", "c2", 2),
-            store.append("other", "alice", "alice", "fine", "c3", 3),
-            return_exceptions=True,
-        ))
+        held = HeldWrites(store)
+        blocker = asyncio.ensure_future(store.append("third", "alice", "alice", "x", None, 0))
+        await held.entered()
+        calls: list[Message] = []
+        batch = [
+            asyncio.ensure_future(store.append(
+                room, "alice", "alice", text, cid, 1, lambda m, _: calls.append(m)
+            ))
+            for room, text, cid in [("lobby", "fine", "c1"), ("lobby", "boom", "c2"),
+                                    ("other", "fine", "c3")]
+        ]
+        await queued(store, 3)
+        held.release()
+        assert (await within(blocker))[0].id == 1
+        results = await within(asyncio.gather(*batch, return_exceptions=True))
         assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
+        assert calls == []  # nothing stored, nothing announced
         assert await within(store.find("lobby", "alice", "c1")) is None
         assert await within(store.check()) == "ok"
         message, new = await append(store, "lobby", "after", "c1")
         assert (message.id, new) == (2, True)
         assert (await append(store, "other", "after"))[0].id == 1
-        assert await within(store.rooms()) == {"lobby": 2, "other": 1}
+        assert await within(store.rooms()) == {"lobby": 2, "other": 1, "third": 1}
     finally:
         await within(store.close())
 
@@ -699,6 +868,34 @@ async def test_migration_upgrades_empty_file(tmp_path: Path) -> None:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"meta", "rooms", "messages", "messages_cid"} <= tables
+
+
+async def test_version_1_file_is_upgraded(tmp_path: Path) -> None:
+    """A file made by the first schema keeps its history and ids after the upgrade."""
+    path = tmp_path / "chat.db"
+    with sqlite3.connect(path) as db:
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO messages (room, id, nick, key, text, ts, cid)"
+            " VALUES ('lobby', 7, 'alice', 'alice', 'old', 1, 'c7')"
+        )
+        db.execute("INSERT INTO rooms (room, last_id) VALUES ('lobby', 7)")
+    db.close()
+    store = SqliteHistory(str(path), 100)
+    await within(store.open())
+    try:
+        assert (await append(store, "lobby", "old", "c7"))[0].id == 7  # still deduplicated
+        assert (await append(store, "lobby", "new"))[0].id == 8
+        assert (await append(store, "fresh", "new"))[0].id == 1
+    finally:
+        await within(store.close())
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        # The trigger keeps rooms.last_id, so the next open continues the ids.
+        assert dict(db.execute("SELECT room, last_id FROM rooms")) == {"lobby": 8, "fresh": 1}
+    db.close()
 
 
 async def test_later_migration_upgrades_existing_file(

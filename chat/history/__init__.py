@@ -7,6 +7,7 @@ every backend answers them the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -86,6 +87,10 @@ def plan_replay(
     return ReplayPlan(after=since, newest=None, complete=since + 1 >= first_id)
 
 
+# Called with (message, created) the moment an append is durable; see HistoryStore.append.
+Stored = Callable[[Message, bool], None]
+
+
 class HistoryStore(Protocol):
     """Where messages live; ids are per room, consecutive from 1."""
 
@@ -98,11 +103,25 @@ class HistoryStore(Protocol):
         """'ok' when the backend answers, else a short reason."""
 
     async def append(
-        self, room: str, nick: str, key: str, text: str, cid: str | None, ts: int
+        self,
+        room: str,
+        nick: str,
+        key: str,
+        text: str,
+        cid: str | None,
+        ts: int,
+        stored: Stored | None = None,
     ) -> tuple[Message, bool]:
         """Store a message, or return the stored one with the same (room, key, cid).
 
         The bool is True when the message is new. Returns once the message is durable.
+
+        `stored`, when given, is called on the event loop with the same answer as soon
+        as the message is durable, before `append` returns, in id order across appends,
+        and even if the caller was cancelled once the store had taken the message. It is
+        where to act that must not wait for the caller's task to be resumed, or must
+        happen although the caller is gone: the hub acks and broadcasts there. An
+        exception it raises is logged; the message stays stored.
         """
 
     async def find(self, room: str, key: str, cid: str) -> Message | None: ...

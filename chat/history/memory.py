@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
 
-from chat.history import Message, Page, Replay, plan_replay
+from chat.history import Message, Page, Replay, Stored, plan_replay
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -43,6 +46,24 @@ class MemoryHistory:
         return "ok"
 
     async def append(
+        self,
+        room: str,
+        nick: str,
+        key: str,
+        text: str,
+        cid: str | None,
+        ts: int,
+        stored: Stored | None = None,
+    ) -> tuple[Message, bool]:
+        answer = self._append(room, nick, key, text, cid, ts)
+        if stored is not None:
+            try:
+                stored(*answer)
+            except Exception:  # as the SQLite store does: the message is stored all the same
+                logger.exception("after storing message %d", answer[0].id)
+        return answer
+
+    def _append(
         self, room: str, nick: str, key: str, text: str, cid: str | None, ts: int
     ) -> tuple[Message, bool]:
         state = self._rooms.setdefault(room, _Room())

@@ -4,11 +4,12 @@ Every statement runs on one dedicated thread that owns the only connection, so t
 loop never blocks on the disk, and each trip to that thread is one function: a read never
 sees a write half done, and a batch of appends is one transaction.
 
-Appends are group-committed: `append` queues the message and waits; a single worker task
-takes everything queued, and in one trip numbers it, stores it in one transaction, commits,
-then runs the reads queued with it. Back on the loop it answers the appends in id order
-(the hub broadcasts right after each answer, so that is the order members receive), then
-the reads. Whatever arrives meanwhile goes into the next round.
+Appends are group-committed: `append` queues the message and waits; the database thread
+takes everything queued, and in one round numbers it, stores it in one transaction,
+commits, then runs the reads queued with it. Back on the loop the appends are answered in
+id order (the hub acks and broadcasts in each answer's `stored` callback, so that is the
+order members receive), then the reads. Whatever arrives meanwhile goes into the next
+round, which the thread starts at once.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import fcntl
 import functools
 import logging
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
-from chat.history import HistoryOpenError, Message, Page, Replay, plan_replay
+from chat.history import HistoryOpenError, Message, Page, Replay, Stored, plan_replay
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,14 @@ MIGRATIONS: Final[list[tuple[str, ...]]] = [
         # A re-sent say is found by (room, key, cid), and can never be stored twice.
         "CREATE UNIQUE INDEX messages_cid ON messages (room, key, cid) WHERE cid IS NOT NULL",
     ),
+    (
+        # rooms.last_id follows every insert within the inserting statement, so a batch
+        # is stored by one statement (see `_Database.write`).
+        """CREATE TRIGGER messages_last_id AFTER INSERT ON messages BEGIN
+            INSERT INTO rooms (room, last_id) VALUES (NEW.room, NEW.id)
+            ON CONFLICT (room) DO UPDATE SET last_id = max(last_id, excluded.last_id);
+        END""",
+    ),
 ]
 
 # Durability: WAL with synchronous=FULL fsyncs the log at every commit, so an
@@ -74,6 +84,7 @@ _COLUMNS: Final = "room, id, nick, text, ts, cid"
 _ROWS_PER_STATEMENT: Final = 500
 
 _T = TypeVar("_T")
+_Row = tuple[str, int, str, str, str, int, str | None]  # a messages row, in column order
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +104,7 @@ class _Failed:
     error: Exception
 
 
-_QueuedAppend = tuple[_Append, asyncio.Future[tuple[Message, bool]]]
+_QueuedAppend = tuple[_Append, asyncio.Future[tuple[Message, bool]], Stored | None]
 _QueuedRead = tuple[Callable[[], Any], asyncio.Future[Any]]
 
 
@@ -207,6 +218,16 @@ class _Database:
             )
         self.epoch = str(row[0])
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Retention: each insert trims its room to the newest `retain` by a primary-key
+        # range (no scan of the table). A TEMP trigger lives with this connection only,
+        # so `retain` comes from the current config, not from whoever made the file.
+        retain = int(self.retain)
+        conn.execute(
+            f"""CREATE TEMP TRIGGER messages_retain AFTER INSERT ON main.messages
+            WHEN NEW.id > {retain} BEGIN
+                DELETE FROM messages WHERE room = NEW.room AND id <= NEW.id - {retain};
+            END"""
+        )
 
     def close(self) -> None:
         if self._conn is not None:
@@ -238,57 +259,32 @@ class _Database:
     # ----------------------------------------------------------------- writes
 
     def write(self, batch: Sequence[_Append]) -> list[tuple[Message, bool]]:
-        """Store a batch in one transaction; one answer per item, in order.
+        """Store a batch atomically; one answer per item, in order.
 
         Raises (and stores nothing, and leaves the id cache as it was) if any part fails.
         """
+        # Every statement releases the GIL while SQLite works and must win it back from
+        # the busy event loop afterwards; under load that handover, not SQLite, is most
+        # of a round's time. So the common case is one statement: re-sent says are rare,
+        # so the batch is first numbered as if it had none and stored by a single INSERT
+        # that is its own transaction (triggers keep rooms.last_id and retention). If a
+        # cid was already stored, the unique index refuses that statement whole, and the
+        # batch is stored again the careful way, with the originals looked up first.
+        if len(batch) <= _ROWS_PER_STATEMENT:
+            rows, results, last_ids = self._number(batch, {})
+            try:
+                self._insert(rows)
+            except sqlite3.IntegrityError:
+                pass  # a repeated cid, or a real constraint failure the next try reports
+            else:
+                self._last_ids.update(last_ids)
+                return results
         conn = self.conn
-        last_ids: dict[str, int] = {}  # this batch's new newest ids, kept only on commit
-        results: list[tuple[Message, bool]] = []
-        rows: list[tuple[str, int, str, str, str, int, str | None]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # A handful of statements per batch, not several per message: each statement
-            # hands the GIL back and forth with the event loop, and that handover, not
-            # SQLite, is what costs under load.
-            seen = self._originals(batch)  # re-sent says already in the file
-            for item in batch:
-                dedup = None if item.cid is None else (item.room, item.key, item.cid)
-                if dedup is not None and (original := seen.get(dedup)) is not None:
-                    results.append((original, False))  # in the file, or earlier in the batch
-                    continue
-                last = last_ids.get(item.room)
-                msg_id = last_ids[item.room] = (
-                    self._last_id(item.room) if last is None else last
-                ) + 1
-                message = Message(item.room, msg_id, item.nick, item.text, item.ts, item.cid)
-                if dedup is not None:
-                    seen[dedup] = message
-                rows.append(
-                    (item.room, msg_id, item.nick, item.key, item.text, item.ts, item.cid)
-                )
-                results.append((message, True))
+            rows, results, last_ids = self._number(batch, self._originals(batch))
             for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
-                conn.execute(
-                    "INSERT INTO messages (room, id, nick, key, text, ts, cid) VALUES "
-                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                    [value for row in chunk for value in row],
-                )
-            # Retention: a primary-key range per room written, no scan of the table.
-            # Trimming once per batch keeps the same newest `retain` as trimming per row.
-            for room, last in last_ids.items():
-                if last > self.retain:
-                    conn.execute(
-                        "DELETE FROM messages WHERE room = ? AND id <= ?",
-                        (room, last - self.retain),
-                    )
-            if last_ids:
-                conn.execute(
-                    "INSERT INTO rooms (room, last_id) VALUES "
-                    + ", ".join(["(?, ?)"] * len(last_ids))
-                    + " ON CONFLICT (room) DO UPDATE SET last_id = excluded.last_id",
-                    [value for pair in last_ids.items() for value in pair],
-                )
+                self._insert(chunk)
             conn.execute("COMMIT")
         except BaseException:
             # SQLite has already rolled back after some errors (disk full, I/O).
@@ -300,6 +296,43 @@ class _Database:
             raise
         self._last_ids.update(last_ids)
         return results
+
+    def _number(
+        self, batch: Sequence[_Append], originals: dict[tuple[str, str, str], Message]
+    ) -> tuple[list[_Row], list[tuple[Message, bool]], dict[str, int]]:
+        """Give each new message of `batch` the next id of its room.
+
+        `originals` are stored messages that says of the batch repeat; a repeat within
+        the batch gets the message its first copy made. Returns the rows to insert, the
+        answers in batch order, and each room's newest id once they are stored.
+        """
+        seen = dict(originals)
+        last_ids: dict[str, int] = {}
+        results: list[tuple[Message, bool]] = []
+        rows: list[_Row] = []
+        for item in batch:
+            dedup = None if item.cid is None else (item.room, item.key, item.cid)
+            if dedup is not None and (original := seen.get(dedup)) is not None:
+                results.append((original, False))
+                continue
+            last = last_ids.get(item.room)
+            msg_id = last_ids[item.room] = (
+                self._last_id(item.room) if last is None else last
+            ) + 1
+            message = Message(item.room, msg_id, item.nick, item.text, item.ts, item.cid)
+            if dedup is not None:
+                seen[dedup] = message
+            rows.append((item.room, msg_id, item.nick, item.key, item.text, item.ts, item.cid))
+            results.append((message, True))
+        return rows, results, last_ids
+
+    def _insert(self, rows: Sequence[_Row]) -> None:
+        if rows:
+            self.conn.execute(
+                "INSERT INTO messages (room, id, nick, key, text, ts, cid) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+                [value for row in rows for value in row],
+            )
 
     def _originals(self, batch: Sequence[_Append]) -> dict[tuple[str, str, str], Message]:
         """Stored messages whose (room, key, cid) a say of the batch repeats: one query."""
@@ -395,81 +428,105 @@ class SqliteHistory:
         self.epoch = ""  # known once open
         self.commits = 0  # batches committed (for tests and the benchmark)
         self._db = _Database(path, retain)
-        self._executor: ThreadPoolExecutor | None = None
+        # Guards the two queues, `_idle` and `_closing`. The loop holds it only to queue one
+        # item, the database thread only to take both queues whole, so neither waits long.
+        self._lock = threading.Lock()
         self._appends: list[_QueuedAppend] = []
         self._reads: list[_QueuedRead] = []
-        self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
         self._closing = False
-
-    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._executor is None:
-            raise RuntimeError(f"{self.path}: history store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def _ensure_open(self) -> None:
-        if self._worker is None or self._worker.done() or self._closing:
-            raise RuntimeError(f"{self.path}: history store is not open")
+        # The thread waits on the bell only when it found nothing to do (`_idle`), and the
+        # loop rings it only then: one wake-up per idle spell, not one per message.
+        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._idle = False
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None  # done once the thread has ended
 
     async def open(self) -> None:
         """Open or create the file, upgrade its schema; raises `HistoryOpenError`."""
-        if self._executor is not None:
+        if self._thread is not None:
             raise RuntimeError(f"{self.path}: history store already open")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-sqlite")
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+        self._stopped = loop.create_future()
+        self._closing = False
+        # A daemon: if the process exits without close(), the thread dies like a crash
+        # would kill it, which the file survives (an ack is only sent after commit).
+        self._thread = threading.Thread(
+            target=self._serve, args=(loop, opened), name="chat-sqlite", daemon=True
+        )
+        self._thread.start()
         try:
-            await self._run(self._db.open)
+            await opened
         except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+            # Refused, or cancelled while opening: the thread closes whatever it opened.
+            self._stop()
+            self._thread = None
             raise
         self.epoch = self._db.epoch
-        self._closing = False
-        self._worker = asyncio.create_task(self._work(), name="sqlite-history")
 
     async def close(self) -> None:
         """Store everything already queued, then close the file."""
-        if self._executor is None:
+        if self._thread is None or self._stopped is None:
             return
-        self._closing = True
-        self._wakeup.set()
-        try:
-            if self._worker is not None:
-                await self._worker
-        finally:
-            self._worker = None
-            try:
-                await self._run(self._db.close)
-            finally:
-                self._executor.shutdown(wait=False)
-                self._executor = None
+        self._stop()
+        await asyncio.shield(self._stopped)
+        self._thread = None
+
+    def _stop(self) -> None:
+        with self._lock:
+            self._closing = True
+        self._bell.put(None)
 
     async def check(self) -> str:
-        if self._executor is None or self._closing:
+        if self._thread is None:
             return "not open"
-        if self._worker is None or self._worker.done():
+        if not self._thread.is_alive():
             return "stopped"
+        if self._closing:
+            return "closing"
         try:
-            await asyncio.wait_for(self._run(self._db.check), CHECK_TIMEOUT)
+            await asyncio.wait_for(self._read(self._db.check), CHECK_TIMEOUT)
         except TimeoutError:
             return f"no answer within {CHECK_TIMEOUT:g} s"
         except sqlite3.Error as err:
             return str(err) or type(err).__name__
+        except RuntimeError:  # closed or stopped meanwhile
+            return "stopped"
         return "ok"
 
+    def _queue(self, append: _QueuedAppend | None, read: _QueuedRead | None) -> None:
+        with self._lock:
+            # Checked under the lock the thread takes its last work with: nothing can be
+            # queued after the thread has ended and wait forever.
+            if self._thread is None or self._closing:
+                raise RuntimeError(f"{self.path}: history store is not open")
+            # The lists are looked up under the lock too: the thread swaps them for empty
+            # ones, and an item added to a list it has already taken would be lost.
+            if append is not None:
+                self._appends.append(append)
+            if read is not None:
+                self._reads.append(read)
+            ring, self._idle = self._idle, False
+        if ring:
+            self._bell.put(None)
+
     async def append(
-        self, room: str, nick: str, key: str, text: str, cid: str | None, ts: int
+        self,
+        room: str,
+        nick: str,
+        key: str,
+        text: str,
+        cid: str | None,
+        ts: int,
+        stored: Stored | None = None,
     ) -> tuple[Message, bool]:
-        self._ensure_open()
         future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
-        self._appends.append((_Append(room, nick, key, text, cid, ts), future))
-        self._wakeup.set()
+        self._queue((_Append(room, nick, key, text, cid, ts), future, stored), None)
         return await future
 
     async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
-        self._ensure_open()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._reads.append((functools.partial(fn, *args), future))
-        self._wakeup.set()
+        self._queue(None, (functools.partial(fn, *args), future))
         return cast(_T, await future)
 
     async def find(self, room: str, key: str, cid: str) -> Message | None:
@@ -486,61 +543,97 @@ class SqliteHistory:
     async def rooms(self) -> dict[str, int]:
         return await self._read(self._db.rooms)
 
-    # ----------------------------------------------------------------- the worker
+    # ----------------------------------------------------------------- the database thread
 
+    # The thread drives the rounds itself: as soon as one commits it takes whatever was
+    # queued meanwhile, without waiting for the event loop to hand it the next batch. On a
+    # busy loop that hand-over waited behind every other ready callback, and with one
+    # message in flight per sender that wait, not SQLite, was most of an ack's latency.
+    #
+    # Answers go back with call_soon_threadsafe, which keeps them in round order.
     # Reads go through the same rounds as writes, for this invariant: a reader never sees
-    # a message before its sender has been answered. The hub broadcasts as `append`
-    # returns, and a join keeps the live messages that arrive while its replay is read
-    # only when their id is above the replay's last_id; a replay that saw a message whose
-    # broadcast came later still would deliver it twice. A round answers its appends
-    # before its reads, and futures wake their waiters in the order they were answered.
+    # a message before it has been broadcast. The hub broadcasts in `stored`, and a join
+    # keeps the live messages that arrive while its replay is read only when their id is
+    # above the replay's last_id; a replay that saw a message whose broadcast came later
+    # still would deliver it twice. A read sees only rounds committed before its own, whose
+    # answers reach the loop first, and `_answer` calls a round's `stored` callbacks before
+    # it answers that round's reads.
 
-    async def _work(self) -> None:
+    def _serve(self, loop: asyncio.AbstractEventLoop, opened: asyncio.Future[None]) -> None:
+        try:
+            self._db.open()
+        except BaseException as err:
+            _post(loop, _settle, opened, err)
+            self._end(loop)
+            return
+        _post(loop, _settle, opened, None)
         try:
             while True:
-                if not self._appends and not self._reads:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                with self._lock:
+                    appends, self._appends = self._appends, []
+                    reads, self._reads = self._reads, []
+                    if not appends and not reads:
+                        if self._closing:
+                            return  # everything queued before close() is stored
+                        self._idle = True
+                if not appends and not reads:
+                    self._bell.get()  # rung by the next `_queue`, or by close()
                     continue
                 # A sender that is gone (its connection closed) gets no ack and no
                 # broadcast: storing its message would leave a gap the room never sees.
-                appends = [(item, f) for item, f in self._appends if not f.done()]
-                reads = [(fn, f) for fn, f in self._reads if not f.done()]
-                self._appends, self._reads = [], []
-                await self._round(appends, reads)
+                # (Reading a future's state from this thread is safe; only the loop
+                # changes it.)
+                appends = [queued for queued in appends if not queued[1].done()]
+                reads = [(fn, f) for fn, f in reads if not f.done()]
+                written, read = self._db.round(
+                    [queued[0] for queued in appends], [fn for fn, _ in reads]
+                )
+                _post(loop, self._answer, appends, written, reads, read)
+        except BaseException:
+            logger.exception("the history thread for %s failed", self.path)
         finally:
-            # Reached with work queued only when torn down: nobody may wait forever.
-            stopped = RuntimeError(f"{self.path}: history store stopped")
-            _fail(self._appends, stopped)
-            _fail(self._reads, stopped)
-            self._appends, self._reads = [], []
+            self._end(loop)
 
-    async def _round(self, appends: list[_QueuedAppend], reads: list[_QueuedRead]) -> None:
-        """One trip to the database thread: the appends in one transaction, then the reads."""
+    def _end(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Last steps of the thread: refuse new work, fail what is left, close the file."""
+        with self._lock:
+            self._closing = True
+            left: list[tuple[Any, asyncio.Future[Any]]] = [
+                (item, future) for item, future, _ in self._appends
+            ] + self._reads
+            self._appends, self._reads = [], []
+        if left:
+            _post(loop, _fail, left, RuntimeError(f"{self.path}: history store stopped"))
         try:
-            written, read = await self._run(
-                self._db.round, [item for item, _ in appends], [fn for fn, _ in reads]
-            )
-        except BaseException as err:
-            # Torn down mid-round, or the thread is gone: the batch may or may not be
-            # stored; its senders get no ack and re-send by cid.
-            failure = err if isinstance(err, Exception) else RuntimeError(
-                f"{self.path}: history store stopped"
-            )
-            _fail(appends, failure)
-            _fail(reads, failure)
-            raise
+            self._db.close()
+        except Exception:
+            logger.exception("closing %s failed", self.path)
+        if self._stopped is not None:
+            _post(loop, _settle, self._stopped, None)
+
+    def _answer(
+        self,
+        appends: list[_QueuedAppend],
+        written: list[tuple[Message, bool]] | Exception,
+        reads: list[_QueuedRead],
+        read: list[Any],
+    ) -> None:
+        """On the loop: hand out one round's results."""
         if isinstance(written, Exception):
             # Nothing of the batch is stored; every sender hears of it (the hub closes
             # those connections with 1011 and their clients re-send by cid).
             logger.error("storing %d message(s) in %s failed: %s", len(appends), self.path, written)
-            _fail(appends, written)
+            _fail([(item, future) for item, future, _ in appends], written)
         elif appends:
             self.commits += 1
-            # In id order: each sender resumes, acks and broadcasts in this order.
-            for (_, future), result in zip(appends, written, strict=True):
+            # In id order. A message taken by the thread is stored whether or not its
+            # sender is still waiting, so `stored` runs for every one.
+            for (_, future, stored), result in zip(appends, written, strict=True):
+                if stored is not None:
+                    try:
+                        stored(*result)
+                    except Exception:
+                        logger.exception("after storing message %d", result[0].id)
                 if not future.done():
                     future.set_result(result)
         for (_, future), outcome in zip(reads, read, strict=True):
@@ -550,6 +643,23 @@ class SqliteHistory:
                 future.set_exception(outcome.error)
             else:
                 future.set_result(outcome)
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
+    """From the database thread: run `fn` on the loop, unless the loop is gone."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass  # the loop is closed: nobody is left waiting
+
+
+def _settle(future: asyncio.Future[None], err: BaseException | None) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(err)
 
 
 def _fail(queued: Sequence[tuple[Any, asyncio.Future[Any]]], err: Exception) -> None:
