@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import unicodedata
 from typing import Any
 
 import orjson
@@ -454,6 +456,20 @@ def test_text_plain_is_fine() -> None:
 def test_text_tab_and_newline_allowed() -> None:
     """Tab and newline are the allowed control characters."""
     assert text_problem("line one\n\tline two", 2000) is None
+
+
+def test_text_control_characters_are_exactly_category_cc() -> None:
+    """Every code point is refused as a control character exactly when it is Cc."""
+    refused = {
+        cp for cp in range(sys.maxunicode + 1)
+        if (problem := text_problem("a" + chr(cp), 2000)) is not None
+        and problem.message == "text contains control characters"
+    }
+    want = {
+        cp for cp in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(cp)) == "Cc" and chr(cp) not in "\t\n"
+    }
+    assert refused == want
 
 
 def test_text_length_is_code_points() -> None:
