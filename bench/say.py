@@ -205,8 +205,17 @@ def main() -> None:
         print(f"{r['backend']:8} {r['throughput']:12.0f} {r['p50']:8.2f} "
               f"{r['p99']:8.2f} {r['max']:8.2f}")
     if len(results) == 2:
-        print(f"{results[1]['backend']} / {results[0]['backend']} throughput: "
-              f"{results[1]['throughput'] / results[0]['throughput']:.0%}")
+        first, second = backends
+        print(f"{second} / {first} throughput: "
+              f"{results[1]['throughput'] / results[0]['throughput']:.0%} (medians)")
+        # Each interleaved pair ran back to back, so its ratio shows the spread.
+        pairs = [
+            b["throughput"] / a["throughput"]
+            for a, b in zip(runs[first], runs[second], strict=True)
+        ]
+        print("per interleaved run: " + ", ".join(f"{ratio:.0%}" for ratio in pairs))
+        print(f"{first} runs: " + ", ".join(f"{r['throughput']:.0f}" for r in runs[first]))
+        print(f"{second} runs: " + ", ".join(f"{r['throughput']:.0f}" for r in runs[second]))
 
 
 if __name__ == "__main__":
