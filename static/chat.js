@@ -29,7 +29,9 @@ const DEFAULT_HEARTBEAT = { interval: 10, timeout: 30 }; // s, until `welcome` t
 const BACKOFF_BASE = 0.5;      // s
 const BACKOFF_CAP = 30;        // s
 const RESEND_GAP = 250;        // ms between two `say` frames, so a backlog does not trip the rate limit
-const TYPING_SEND_GAP = 1000;  // ms: the server relays at most one `typing` a second anyway
+// ms: the server relays at most one `typing` a second; a little more, so that jitter on
+// the way does not make the server drop one as too soon.
+const TYPING_SEND_GAP = 1100;
 const TYPING_SHOW = 3000;      // ms an "is typing" line stays without news
 const STUCK_HOLD = 3000;       // ms "server not responding" stays up at least, so people can read it
 const BOTTOM_SLACK = 40;       // px from the bottom that still count as "at the bottom"
@@ -46,6 +48,7 @@ const state = {
   rooms: new Map(),    // name -> room (see newRoom), in the order joined
   current: null,       // name of the room on screen
   lastTypingAt: -Infinity,
+  typingTimer: null,   // a `typing` held back by TYPING_SEND_GAP, sent when it has passed
 };
 
 // Messages not yet acknowledged, in the order typed. cid -> entry.
@@ -946,7 +949,16 @@ function updateCounter() {
 function maybeSendTyping() {
   const room = state.rooms.get(state.current);
   if (!room || !room.joinedHere || conn.phase !== 'ready' || !el.text.value.trim()) return;
-  if (now() - state.lastTypingAt < TYPING_SEND_GAP) return;
+  const wait = state.lastTypingAt + TYPING_SEND_GAP - now();
+  if (wait > 0) {
+    // Too soon after the last one. Send it once the gap has passed, if the person is
+    // still composing: typing right after sending a message would otherwise never be
+    // announced.
+    if (state.typingTimer === null) {
+      state.typingTimer = setTimeout(() => { state.typingTimer = null; maybeSendTyping(); }, wait);
+    }
+    return;
+  }
   state.lastTypingAt = now();
   send({ type: 'typing', room: room.name });
 }

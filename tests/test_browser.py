@@ -310,6 +310,26 @@ async def test_screenshot(open_page: OpenPage, tmp_path: Path) -> None:
         page.assert_no_page_errors()
 
 
+async def test_typing_right_after_sending_is_announced(open_page: OpenPage) -> None:
+    """Typing within a second of the last notice is announced once the second has passed."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await asyncio.gather(alice.sign_in("alice"), bob.sign_in("bob"))
+    typing = bob.page.locator("#typing")
+    box = alice.page.get_by_label("Message", exact=True)
+    # All three within a few milliseconds: the second burst of typing comes well inside
+    # the page's one-notice-a-second gap.
+    await box.press_sequentially("first")
+    await box.press("Enter")
+    await box.press_sequentially("x")
+    await bob.see("first")  # a message from alice clears her typing line
+    await expect(typing).to_have_text("alice is typing…")
+    await box.press("Enter")
+    await bob.see("x")
+    await expect(typing).to_have_text("")
+    for page in (alice, bob):
+        page.assert_no_page_errors()
+
+
 async def test_phone_width_and_dark_mode(open_page: OpenPage) -> None:
     """At phone width in dark mode: no sideways scrolling, rooms above the log, dark colours."""
     phone = await open_page(width=390, height=800, color_scheme="dark")
