@@ -50,6 +50,8 @@ async def index(request: web.Request) -> dict[str, Any]:
     return {
         "ws_path": "/ws",
         "max_text": config.limits.max_text,
+        # In token mode the page asks for a token instead of a nick.
+        "auth": "token" if config.auth.secret else "open",
         "static_version": __version__,
     }
 

@@ -16,6 +16,7 @@ const el = {
   members: $('members'), memberCount: $('member-count'), roomTitle: $('room-title'),
   older: $('older'), messages: $('messages'), newMessages: $('new-messages'), typing: $('typing'),
   composer: $('composer'), text: $('text'), send: $('send'), counter: $('counter'),
+  token: $('token'), // only in token mode
 };
 
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
@@ -24,6 +25,8 @@ const NICK_KEY = 'chat.nick';
 // Per tab: a reload resumes the session (a takeover) instead of racing the old socket's
 // close and meeting `nick_taken`.
 const SESSION_KEY = 'chat.session';
+// Per tab too, never in localStorage: a token is a credential, kept no longer than the tab.
+const TOKEN_KEY = 'chat.token';
 const DEFAULT_ROOM = 'lobby';
 const DEFAULT_HEARTBEAT = { interval: 10, timeout: 30 }; // s, until `welcome` tells the real ones
 const BACKOFF_BASE = 0.5;      // s
@@ -38,6 +41,9 @@ const BOTTOM_SLACK = 40;       // px from the bottom that still count as "at the
 
 const cfg = {
   wsPath: document.body.dataset.wsPath || '/ws',
+  // Token mode (`auth.secret` set on the server): `hello` carries a token, whose
+  // subject is the nick, instead of a nick the person picks.
+  tokenMode: document.body.dataset.auth === 'token',
   maxText: Number.parseInt(document.body.dataset.maxText, 10) || 2000,
 };
 
@@ -47,6 +53,7 @@ const state = {
   me: null,            // nick the server knows us by (from `welcome`)
   rooms: new Map(),    // name -> room (see newRoom), in the order joined
   current: null,       // name of the room on screen
+  token: null,         // token mode: the token `hello` carries
   lastTypingAt: -Infinity,
   typingTimer: null,   // a `typing` held back by TYPING_SEND_GAP, sent when it has passed
 };
@@ -105,14 +112,17 @@ function storage(key, value) {
   return null;
 }
 
-function tabSession(value) {
+function tabStorage(key, value) {
   try {
-    if (value === undefined) return sessionStorage.getItem(SESSION_KEY);
-    if (value === null) sessionStorage.removeItem(SESSION_KEY);
-    else sessionStorage.setItem(SESSION_KEY, value);
-  } catch { /* ignore: resuming across a reload is only a convenience */ }
+    if (value === undefined) return sessionStorage.getItem(key);
+    if (value === null) sessionStorage.removeItem(key);
+    else sessionStorage.setItem(key, value);
+  } catch { /* ignore: keeping it across a reload is only a convenience */ }
   return null;
 }
+
+function tabSession(value) { return tabStorage(SESSION_KEY, value); }
+function tabToken(value) { return tabStorage(TOKEN_KEY, value); }
 
 function send(frame) {
   const ws = conn.ws;
@@ -130,7 +140,9 @@ function wsUrl() {
 const ERROR_WORDS = {
   nick_invalid: 'That nick is not allowed. Use 1 to 32 letters, digits, "_", "-" or ".".',
   nick_taken: 'That nick is already in use. Please choose another one.',
-  unauthorized: 'The server refused this sign-in (not authorised).',
+  unauthorized: cfg.tokenMode
+    ? 'The server refused this token (invalid or expired). Please paste a new one.'
+    : 'The server refused this sign-in (not authorised).',
   room_invalid: 'Room names are 1 to 32 lowercase letters, digits, "_" or "-".',
   forbidden_room: 'You may not join that room.',
   too_many_rooms: 'You are in too many rooms: leave one first.',
@@ -273,6 +285,7 @@ function onClose(ev) {
       park('This chat was opened again elsewhere. Use "Reconnect now" to continue here.');
       break;
     case 4003:
+      forgetToken();
       showNickError(ERROR_WORDS.unauthorized);
       park();
       break;
@@ -291,12 +304,17 @@ function serverUnresponsive() {
   scheduleReconnect();
 }
 
+// Whether `hello` has what it needs: a token in token mode, else a nick.
+const canSayHello = () => Boolean(cfg.tokenMode ? state.token : state.nick);
+
 function sayHello() {
-  if (!state.nick || conn.nickRejected) {
+  if (!canSayHello() || conn.nickRejected) {
     conn.phase = 'open';
     return;
   }
-  const hello = { type: 'hello', nick: state.nick };
+  // In token mode the token's subject is the nick: sending a remembered nick as well
+  // could only make the server refuse a valid token.
+  const hello = cfg.tokenMode ? { type: 'hello', token: state.token } : { type: 'hello', nick: state.nick };
   if (conn.session) hello.session = conn.session;
   if (send(hello)) conn.phase = 'connecting';
 }
@@ -380,8 +398,8 @@ function onWelcome(f) {
   tabSession(f.session);
   state.me = f.nick;
   el.nick.value = f.nick;
-  el.nickSubmit.textContent = 'Change nick';
-  storage(NICK_KEY, f.nick);
+  el.nickSubmit.textContent = cfg.tokenMode ? 'Use another token' : 'Change nick';
+  if (!cfg.tokenMode) storage(NICK_KEY, f.nick);
   showNickError('');
   const hb = f.heartbeat || {};
   if (hb.interval > 0 && hb.timeout > 0) conn.heartbeat = { interval: hb.interval, timeout: hb.timeout };
@@ -544,10 +562,20 @@ function helloFailed(f) {
   if (f.code === 'bad_request' && conn.phase === 'ready') return; // a stray second hello
   conn.nickRejected = true;
   conn.phase = 'open';
+  if (f.code === 'unauthorized') forgetToken();
   showNickError(describeError(f));
-  el.nick.focus();
-  el.nick.select();
+  const field = el.token || el.nick;
+  field.focus();
+  field.select();
   renderStatus();
+}
+
+// A refused token is not tried again, on a reconnect or after a reload.
+function forgetToken() {
+  if (!cfg.tokenMode) return;
+  state.token = null;
+  tabToken(null);
+  el.token.value = '';
 }
 
 function joinFailed(f) {
@@ -923,9 +951,9 @@ function submitMessage(ev) {
   const text = el.text.value;
   const room = state.rooms.get(state.current);
   if (!room || !text.trim() || codePoints(text) > cfg.maxText) return;
-  if (!state.nick) {
-    showNickError('Choose a nick first.');
-    el.nick.focus();
+  if (!canSayHello()) {
+    showNickError(cfg.tokenMode ? 'Paste your token first.' : 'Choose a nick first.');
+    (el.token || el.nick).focus();
     return;
   }
   const entry = { cid: newCid(), room: room.name, text, status: 'queued', li: null };
@@ -967,11 +995,34 @@ function maybeSendTyping() {
 
 function showNickError(text) {
   el.nickError.textContent = text;
-  el.nick.setAttribute('aria-invalid', text ? 'true' : 'false');
+  (el.token || el.nick).setAttribute('aria-invalid', text ? 'true' : 'false');
+}
+
+function submitToken() {
+  const token = el.token.value.trim();
+  if (!token) {
+    showNickError('Please paste your token.');
+    el.token.focus();
+    return;
+  }
+  showNickError('');
+  el.token.value = '';
+  state.token = token;
+  tabToken(token);
+  conn.nickRejected = false;
+  // A token may name someone else: always a fresh session on a fresh connection.
+  conn.session = null;
+  tabSession(null);
+  conn.attempt = 0;
+  connect();
 }
 
 function submitNick(ev) {
   ev.preventDefault();
+  if (cfg.tokenMode) {
+    submitToken();
+    return;
+  }
   const nick = el.nick.value.trim().normalize('NFKC');
   if (!NICK_RE.test(nick)) {
     showNickError(nick ? ERROR_WORDS.nick_invalid : 'Please enter a nick.');
@@ -1060,18 +1111,37 @@ function bind() {
   });
 }
 
+// Token mode: a link may hand the page a token (`/#token=...`, as a site that signs its
+// users in would). It is kept for this tab and taken out of the address at once, so it
+// is not bookmarked, shared or left in the history.
+function tokenFromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get('token');
+  if (token === null) return null;
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(null, '', rest ? `#${rest}` : location.pathname + location.search);
+  return token.trim() || null;
+}
+
 function start() {
   bind();
-  const stored = storage(NICK_KEY);
-  if (stored) {
-    el.nick.value = stored;
-    state.nick = stored;
+  if (cfg.tokenMode) {
+    const linked = tokenFromHash();
+    if (linked) tabToken(linked);
+    state.token = linked || tabToken();
+  } else {
+    const stored = storage(NICK_KEY);
+    if (stored) {
+      el.nick.value = stored;
+      state.nick = stored;
+    }
   }
   openRoom(roomFromHash() || DEFAULT_ROOM);
   updateCounter();
   startTicker();
-  connect(); // with a stored nick this signs in at once; otherwise `hello` waits for the form
-  (state.nick ? el.text : el.nick).focus();
+  connect(); // signs in at once with a stored nick or token; otherwise `hello` waits for the form
+  (canSayHello() ? el.text : (el.token || el.nick)).focus();
 }
 
 start();

@@ -15,7 +15,9 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, async_playwright, expect
 
+from chat import auth
 from tests.browser import (
+    CONFIG,
     CONNECTED,
     HEARTBEAT_TIMEOUT,
     WAIT,
@@ -23,7 +25,7 @@ from tests.browser import (
     launch_chromium,
     start_server,
 )
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -328,6 +330,61 @@ async def test_typing_right_after_sending_is_announced(open_page: OpenPage) -> N
     await expect(typing).to_have_text("")
     for page in (alice, bob):
         page.assert_no_page_errors()
+
+
+async def test_token_mode_signs_in_with_a_pasted_or_linked_token(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Token mode: a refused token is said so and forgotten; a good one signs in."""
+    secret = "browser-test-secret-of-32-bytes-at-least"
+    token_dir = tmp_path / "token-mode"
+    token_dir.mkdir()
+    write_config(token_dir, {**CONFIG, "auth": {"secret": secret}})
+    server = start_server(token_dir)
+    servers.append(server)
+    pages: list[ChatPage] = []
+    try:
+        alice = await ChatPage.open(browser, server.url + "/")
+        pages.append(alice)
+        token_field = alice.page.get_by_label("Token", exact=True)
+        assert await alice.page.evaluate("document.activeElement.id") == "token"
+        await token_field.fill("not-a-token")
+        await token_field.press("Enter")
+        error = alice.page.locator("#nick-error")
+        await expect(error).to_contain_text("refused this token")
+        await expect(token_field).to_have_attribute("aria-invalid", "true")
+        await expect(token_field).to_have_value("")
+
+        await token_field.fill(auth.issue("alice", secret, time.time(), 600))
+        await alice.page.locator("#nick-submit").click()
+        await alice.joined("alice")
+        await expect(error).to_have_text("")
+        await expect(alice.page.get_by_label("Nick", exact=True)).to_have_value("alice")
+        await alice.say("signed in by token")
+        # The tab keeps the token (sessionStorage), never localStorage.
+        await alice.page.reload()
+        await alice.joined("alice")
+        stored = await alice.page.evaluate("JSON.stringify(Object.values(localStorage))")
+        assert "eyJ" not in stored
+
+        # A link hands the page a token; it leaves the address at once.
+        bob_token = auth.issue("bob", secret, time.time(), 600)
+        bob = await ChatPage.open(browser, f"{server.url}/#room=lobby&token={bob_token}")
+        pages.append(bob)
+        await bob.joined("bob")
+        await bob.see("signed in by token")
+        assert "token" not in bob.page.url
+
+        # An expired token, linked, is refused and the form asks for another.
+        old = auth.issue("carol", secret, time.time() - 3600, 60)
+        carol = await ChatPage.open(browser, f"{server.url}/#token={old}")
+        pages.append(carol)
+        await expect(carol.page.locator("#nick-error")).to_contain_text("refused this token")
+        for page in pages:
+            page.assert_no_page_errors()
+    finally:
+        for page in pages:
+            await page.close()
 
 
 async def test_phone_width_and_dark_mode(open_page: OpenPage) -> None:
