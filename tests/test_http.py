@@ -67,6 +67,18 @@ async def test_metrics_registry_is_per_app(aiohttp_client: Any) -> None:
     await ws.close()
 
 
+async def test_page_asks_for_a_token_only_in_token_mode(aiohttp_client: Any) -> None:
+    """The page says the auth mode; in token mode its sign-in form has a token field."""
+    open_page = await (await aiohttp_client(create_app(make_config()))).get("/")
+    html = await open_page.text()
+    assert 'data-auth="open"' in html and 'id="token"' not in html
+    secret = make_config({"auth": {"secret": "s" * 32}})
+    token_page = await (await aiohttp_client(create_app(secret))).get("/")
+    html = await token_page.text()
+    assert 'data-auth="token"' in html and 'id="token"' in html and 'type="password"' in html
+    assert "s" * 32 not in html  # the secret never reaches the page
+
+
 async def test_page_and_static_assets(client: Any) -> None:
     """/ renders the page with its security headers; its assets are served from /static."""
     response = await client.get("/")
