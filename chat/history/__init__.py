@@ -7,9 +7,12 @@ every backend answers them the same way.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
 
 
 class HistoryOpenError(Exception):
@@ -89,6 +92,20 @@ def plan_replay(
 
 # Called with (message, created) the moment an append is durable; see HistoryStore.append.
 Stored = Callable[[Message, bool], None]
+
+
+def announce(stored: Stored | None, message: Message, created: bool) -> None:
+    """Call `stored` for a durable append; what it raises is logged, not passed on.
+
+    The message is stored whatever the callback does, and the store goes on answering
+    the appends after it.
+    """
+    if stored is None:
+        return
+    try:
+        stored(message, created)
+    except Exception:
+        logger.exception("after storing message %d in %r", message.id, message.room)
 
 
 class HistoryStore(Protocol):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
 
-from chat.history import Message, Page, Replay, Stored, plan_replay
-
-logger = logging.getLogger(__name__)
+from chat.history import Message, Page, Replay, Stored, announce, plan_replay
 
 
 @dataclass(slots=True)
@@ -56,11 +53,7 @@ class MemoryHistory:
         stored: Stored | None = None,
     ) -> tuple[Message, bool]:
         answer = self._append(room, nick, key, text, cid, ts)
-        if stored is not None:
-            try:
-                stored(*answer)
-            except Exception:  # as the SQLite store does: the message is stored all the same
-                logger.exception("after storing message %d", answer[0].id)
+        announce(stored, *answer)
         return answer
 
     def _append(

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
-from chat.history import HistoryOpenError, Message, Page, Replay, Stored, plan_replay
+from chat.history import (
+    HistoryOpenError,
+    Message,
+    Page,
+    Replay,
+    Stored,
+    announce,
+    plan_replay,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -629,11 +637,7 @@ class SqliteHistory:
             # In id order. A message taken by the thread is stored whether or not its
             # sender is still waiting, so `stored` runs for every one.
             for (_, future, stored), result in zip(appends, written, strict=True):
-                if stored is not None:
-                    try:
-                        stored(*result)
-                    except Exception:
-                        logger.exception("after storing message %d", result[0].id)
+                announce(stored, *result)
                 if not future.done():
                     future.set_result(result)
         for (_, future), outcome in zip(reads, read, strict=True):
