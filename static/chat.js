@@ -38,6 +38,9 @@ const TYPING_SEND_GAP = 1100;
 const TYPING_SHOW = 3000;      // ms an "is typing" line stays without news
 const STUCK_HOLD = 3000;       // ms "server not responding" stays up at least, so people can read it
 const BOTTOM_SLACK = 40;       // px from the bottom that still count as "at the bottom"
+// Messages a room keeps in the page; older ones come back with "Load older messages".
+// A tab may stay open for weeks in a busy room, and every line costs memory and layout.
+const MAX_SHOWN = 1000;
 
 const cfg = {
   wsPath: document.body.dataset.wsPath || '/ws',
@@ -455,6 +458,8 @@ function onMessage(f) {
   const view = captureScroll(room);
   const added = receiveMessage(room, f);
   if (!added) return;
+  // Only while the reader is at the bottom, so that nothing moves under their eyes.
+  if (view ? view.bottom : room.scroll == null) trimOldest(room);
   if (room.typing.has(f.nick)) {
     clearTimeout(room.typing.get(f.nick));
     room.typing.delete(f.nick);
@@ -830,6 +835,25 @@ function receiveMessage(room, m) {
   remember(room, m.id);
   placeNode(room.list, li, m.id);
   return true;
+}
+
+// Drop the oldest lines beyond MAX_SHOWN messages (with the gap and archive lines
+// among them); "Load older messages" fetches them again from the server.
+function trimOldest(room) {
+  let extra = room.ids.size - MAX_SHOWN;
+  if (extra <= 0) return;
+  while (extra > 0 && room.list.firstElementChild) {
+    const node = room.list.firstElementChild;
+    const key = sortKey.get(node);
+    if (key === Infinity) break; // pending lines are always last
+    node.remove();
+    if (room.ids.delete(key)) extra -= 1;
+  }
+  const first = [...room.list.children].find((node) => room.ids.has(sortKey.get(node)));
+  room.minId = first ? sortKey.get(first) : Infinity;
+  room.more = true;
+  room.historyDone = false;
+  if (room.name === state.current) renderOlder();
 }
 
 function remember(room, id) {

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, async_playwright, expect
@@ -25,6 +26,7 @@ from tests.browser import (
     launch_chromium,
     start_server,
 )
+from tests.conftest import Peer
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -385,6 +387,58 @@ async def test_token_mode_signs_in_with_a_pasted_or_linked_token(
     finally:
         for page in pages:
             await page.close()
+
+
+async def test_a_long_room_keeps_the_newest_lines_and_pages_back(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Past 1000 messages a room drops its oldest lines; "Load older" brings them back."""
+    busy_dir = tmp_path / "busy"
+    busy_dir.mkdir()
+    write_config(busy_dir, {
+        **CONFIG,
+        "history": {"backend": "memory", "retain": 5000},
+        "limits": {"rate": {"messages": 100_000, "per": 1, "burst": 100_000}},
+    })
+    server = start_server(busy_dir)
+    servers.append(server)
+    reader = await ChatPage.open(browser, server.url + "/")
+    try:
+        await reader.sign_in("reader")
+
+        async def say(nick: str, numbers: range) -> None:
+            """Say m<n> for each n, from a bot of its own, faster than a page would."""
+            async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
+                bot = Peer(ws)
+                await bot.hello(nick)
+                await bot.join("lobby")
+                for n in numbers:
+                    await bot.send({"type": "say", "room": "lobby", "text": f"m{n}", "cid": f"{n}"})
+                await bot.expect("ack", cid=f"{numbers[-1]}")
+
+        await say("bot1", range(1, 1101))
+        await reader.see("m1100")
+        await expect(reader.messages).to_have_count(1000)
+        await expect(reader.messages.first.locator(".text")).to_have_text("m101")
+        # Scrolled up to the top, as a reader going back in time is.
+        await reader.page.locator("#messages").evaluate("log => { log.scrollTop = 0; }")
+        await reader.page.get_by_role("button", name="Load older messages").click()
+        await expect(reader.messages).to_have_count(1050)
+        await expect(reader.messages.first.locator(".text")).to_have_text("m51")
+        # While older messages are being read, nothing is dropped.
+        await say("bot2", range(1101, 1102))
+        new_messages = reader.page.get_by_role("button", name="New messages ↓")
+        await expect(new_messages).to_be_visible()
+        await expect(reader.messages).to_have_count(1051)
+        # Back at the bottom, the next message trims the room again.
+        await new_messages.click()
+        await say("bot3", range(1102, 1103))
+        await reader.see("m1102")
+        await expect(reader.messages).to_have_count(1000)
+        await expect(reader.messages.first.locator(".text")).to_have_text("m103")
+        reader.assert_no_page_errors()
+    finally:
+        await reader.close()
 
 
 async def test_phone_width_and_dark_mode(open_page: OpenPage) -> None:
