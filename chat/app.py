@@ -36,19 +36,23 @@ def asset_dir(name: str) -> Path:
     raise FileNotFoundError(f"{name}/ not found next to {_PACKAGE}")
 
 
-def make_store(config: Config) -> HistoryStore:
+def make_store(config: Config, metrics: Metrics | None = None) -> HistoryStore:
     backend = config.history.backend
     if backend == "memory":
         return MemoryHistory(config.history.retain)
     if backend == "sqlite":
-        return SqliteHistory(config.history.path, config.history.retain)
+        return SqliteHistory(
+            config.history.path,
+            config.history.retain,
+            on_commit=None if metrics is None else metrics.observe_commit,
+        )
     raise ValueError(f"history.backend: unknown backend {backend!r}")
 
 
 def create_app(config: Config) -> web.Application:
     app = web.Application()
     metrics = Metrics()
-    store = make_store(config)
+    store = make_store(config, metrics)
     app[CONFIG] = config
     app[METRICS] = metrics
     app[HISTORY] = store

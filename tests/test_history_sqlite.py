@@ -944,6 +944,22 @@ async def test_failed_migration_leaves_file_unchanged(
 # --------------------------------------------------------------------------- through the app
 
 
+async def test_commits_are_measured_in_metrics(aiohttp_client: Any, tmp_path: Path) -> None:
+    """/metrics shows how long SQLite commits take and how many messages each stores."""
+    config = make_config({"history": {"backend": "sqlite", "path": str(tmp_path / "chat.db")}})
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    alice = Peer(await client.ws_connect("/ws"))
+    await alice.hello("alice")
+    await alice.join("lobby")
+    await alice.say("lobby", "one", cid="c1")
+    await alice.say("lobby", "two", cid="c2")
+    await alice.say("lobby", "one, re-sent", cid="c1")  # a commit with nothing new
+    text = await (await client.get("/metrics")).text()
+    assert "chat_history_commit_seconds_count 3.0" in text
+    assert 'chat_history_commit_messages_bucket{le="1.0"} 3.0' in text
+    assert "chat_history_commit_messages_sum 3.0" in text
+
+
 async def test_app_history_survives_restart(aiohttp_client: Any, tmp_path: Path) -> None:
     """Through the app: history, ids and cid dedup outlive a server restart."""
     config = make_config({"history": {"backend": "sqlite", "path": str(tmp_path / "chat.db")}})

@@ -22,6 +22,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,21 +249,26 @@ class _Database:
 
     def round(
         self, batch: Sequence[_Append], reads: Sequence[Callable[[], Any]]
-    ) -> tuple[list[tuple[Message, bool]] | Exception, list[Any]]:
-        """Store `batch` (or the error that stopped it), then run `reads` (or their errors)."""
+    ) -> tuple[list[tuple[Message, bool]] | Exception, float, list[Any]]:
+        """Store `batch` (or the error that stopped it), then run `reads` (or their errors).
+
+        Also returns the seconds storing the batch took.
+        """
         written: list[tuple[Message, bool]] | Exception = []
+        started = time.perf_counter()
         if batch:
             try:
                 written = self.write(batch)
             except Exception as err:
                 written = err
+        took = time.perf_counter() - started
         read: list[Any] = []
         for fn in reads:
             try:
                 read.append(fn())
             except Exception as err:
                 read.append(_Failed(err))
-        return written, read
+        return written, took, read
 
     # ----------------------------------------------------------------- writes
 
@@ -430,11 +436,18 @@ def _reason(err: BaseException) -> str:
 class SqliteHistory:
     """A `HistoryStore` in one SQLite file: acknowledged messages survive restarts."""
 
-    def __init__(self, path: str, retain: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        retain: int,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.path = path
         self.retain = retain
         self.epoch = ""  # known once open
         self.commits = 0  # batches committed (for tests and the benchmark)
+        # Told (messages, seconds) of every commit, on the loop: the app's metrics.
+        self._on_commit = on_commit
         self._db = _Database(path, retain)
         # Guards the two queues, `_idle` and `_closing`. The loop holds it only to queue one
         # item, the database thread only to take both queues whole, so neither waits long.
@@ -593,10 +606,10 @@ class SqliteHistory:
                 # changes it.)
                 appends = [queued for queued in appends if not queued[1].done()]
                 reads = [(fn, f) for fn, f in reads if not f.done()]
-                written, read = self._db.round(
+                written, took, read = self._db.round(
                     [queued[0] for queued in appends], [fn for fn, _ in reads]
                 )
-                _post(loop, self._answer, appends, written, reads, read)
+                _post(loop, self._answer, appends, written, took, reads, read)
         except BaseException:
             logger.exception("the history thread for %s failed", self.path)
         finally:
@@ -623,6 +636,7 @@ class SqliteHistory:
         self,
         appends: list[_QueuedAppend],
         written: list[tuple[Message, bool]] | Exception,
+        took: float,
         reads: list[_QueuedRead],
         read: list[Any],
     ) -> None:
@@ -634,6 +648,8 @@ class SqliteHistory:
             _fail([(item, future) for item, future, _ in appends], written)
         elif appends:
             self.commits += 1
+            if self._on_commit is not None:
+                self._on_commit(len(appends), took)
             # In id order. A message taken by the thread is stored whether or not its
             # sender is still waiting, so `stored` runs for every one.
             for (_, future, stored), result in zip(appends, written, strict=True):
