@@ -350,9 +350,9 @@ class Hub:
             conn.send(_ack(message))
             if created:
                 self.metrics.messages.inc()
-                room = self.rooms.get(message.room)
-                if room is not None:
-                    self.broadcast(room, protocol.encode(message.frame()), message.id)
+                members = self.rooms.get(message.room)  # gone if everyone left meanwhile
+                if members is not None:
+                    self.broadcast(members, protocol.encode(message.frame()), message.id)
 
         await self.store.append(
             room.name, session.nick, session.key, event.text, event.cid, now_ms(), stored
