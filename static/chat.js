@@ -18,6 +18,8 @@ const el = {
   composer: $('composer'), text: $('text'), send: $('send'), counter: $('counter'),
   token: $('token'), // only in token mode
 };
+// Where the person signs in: the token field in token mode, else the nick field.
+const signInField = el.token || el.nick;
 
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 const NICK_RE = /^[\p{L}\p{N}_.-]{1,32}$/u;
@@ -569,9 +571,8 @@ function helloFailed(f) {
   conn.phase = 'open';
   if (f.code === 'unauthorized') forgetToken();
   showNickError(describeError(f));
-  const field = el.token || el.nick;
-  field.focus();
-  field.select();
+  signInField.focus();
+  signInField.select();
   renderStatus();
 }
 
@@ -849,7 +850,10 @@ function trimOldest(room) {
     node.remove();
     if (room.ids.delete(key)) extra -= 1;
   }
-  const first = [...room.list.children].find((node) => room.ids.has(sortKey.get(node)));
+  // The oldest id left is near the top (at most a gap line before it): walk, do not
+  // copy the whole list, as this runs for every message once a room is full.
+  let first = room.list.firstElementChild;
+  while (first && !room.ids.has(sortKey.get(first))) first = first.nextElementSibling;
   room.minId = first ? sortKey.get(first) : Infinity;
   room.more = true;
   room.historyDone = false;
@@ -977,7 +981,7 @@ function submitMessage(ev) {
   if (!room || !text.trim() || codePoints(text) > cfg.maxText) return;
   if (!canSayHello()) {
     showNickError(cfg.tokenMode ? 'Paste your token first.' : 'Choose a nick first.');
-    (el.token || el.nick).focus();
+    signInField.focus();
     return;
   }
   const entry = { cid: newCid(), room: room.name, text, status: 'queued', li: null };
@@ -1019,7 +1023,7 @@ function maybeSendTyping() {
 
 function showNickError(text) {
   el.nickError.textContent = text;
-  (el.token || el.nick).setAttribute('aria-invalid', text ? 'true' : 'false');
+  signInField.setAttribute('aria-invalid', text ? 'true' : 'false');
 }
 
 function submitToken() {
@@ -1165,7 +1169,7 @@ function start() {
   updateCounter();
   startTicker();
   connect(); // signs in at once with a stored nick or token; otherwise `hello` waits for the form
-  (canSayHello() ? el.text : (el.token || el.nick)).focus();
+  (canSayHello() ? el.text : signInField).focus();
 }
 
 start();

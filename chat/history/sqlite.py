@@ -619,9 +619,7 @@ class SqliteHistory:
         """Last steps of the thread: refuse new work, fail what is left, close the file."""
         with self._lock:
             self._closing = True
-            left: list[tuple[Any, asyncio.Future[Any]]] = [
-                (item, future) for item, future, _ in self._appends
-            ] + self._reads
+            left: list[tuple[Any, ...]] = [*self._appends, *self._reads]
             self._appends, self._reads = [], []
         if left:
             _post(loop, _fail, left, RuntimeError(f"{self.path}: history store stopped"))
@@ -645,7 +643,7 @@ class SqliteHistory:
             # Nothing of the batch is stored; every sender hears of it (the hub closes
             # those connections with 1011 and their clients re-send by cid).
             logger.error("storing %d message(s) in %s failed: %s", len(appends), self.path, written)
-            _fail([(item, future) for item, future, _ in appends], written)
+            _fail(appends, written)
         elif appends:
             self.commits += 1
             if self._on_commit is not None:
@@ -682,7 +680,9 @@ def _settle(future: asyncio.Future[None], err: BaseException | None) -> None:
         future.set_exception(err)
 
 
-def _fail(queued: Sequence[tuple[Any, asyncio.Future[Any]]], err: Exception) -> None:
-    for _, future in queued:
+def _fail(queued: Sequence[tuple[Any, ...]], err: Exception) -> None:
+    """Fail queued appends or reads: each is a tuple whose second item is its future."""
+    for entry in queued:
+        future: asyncio.Future[Any] = entry[1]
         if not future.done():
             future.set_exception(err)
