@@ -29,7 +29,9 @@ __all__ = [
     "HeartbeatConfig",
     "HistoryConfig",
     "LimitsConfig",
+    "LogConfig",
     "RateConfig",
+    "RedisConfig",
     "SecurityConfig",
     "ServerConfig",
     "config_from_mapping",
@@ -40,7 +42,9 @@ __all__ = [
 CONFIG_ENV: Final = "CHAT_CONFIG"
 SECRET_ENV: Final = "CHAT_AUTH_SECRET"
 DEFAULT_FILENAME: Final = "config.yaml"
-HISTORY_BACKENDS: Final = ("memory", "sqlite")
+HISTORY_BACKENDS: Final = ("memory", "sqlite", "redis")
+LOG_FORMATS: Final = ("text", "json")
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
 _REPR_LIMIT: Final = 60
 
@@ -63,6 +67,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     shutdown_timeout: float = 5.0
+    header_timeout: float = 10.0  # s a client may take to send a request's headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,7 @@ class HistoryConfig:
     path: str = "chat.db"
     retain: int = 10000
     replay: int = 50
+    recover: int = 500  # most messages sent with `joined` on a join with `since`
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,7 @@ class LimitsConfig:
     max_frame: int = 16384
     max_rooms: int = 20
     rate: RateConfig = field(default_factory=RateConfig)
+    join_rate: RateConfig = field(default_factory=lambda: RateConfig(5, 1.0, 40))
     max_connections: int = 10000
     max_connections_per_ip: int = 100
     send_buffer: int = 1048576
@@ -128,6 +135,22 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """How log lines are written: `text` for people, `json` for log pipelines."""
+
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """The Redis that nodes share with `history.backend: redis`."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "chat"  # every key and channel name starts with this
+    node_timeout: float = 15.0  # s: a node silent this long counts as dead
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; `source` is the file it came from (None: defaults)."""
 
@@ -138,6 +161,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     # Two configurations with the same settings are equal wherever they came from.
     source: str | None = field(default=None, compare=False)
 
@@ -250,12 +275,7 @@ def _check_together(config: Config) -> None:
     heartbeat = config.heartbeat
     if heartbeat.timeout <= heartbeat.interval:
         raise _Invalid("heartbeat.timeout", "must be greater than heartbeat.interval")
-    history = config.history
-    if history.replay > history.retain:
-        raise _Invalid(
-            "history.replay",
-            f"must be <= history.retain ({history.retain}), got {history.replay}",
-        )
+    # history.replay > history.retain is allowed: at most `retain` messages exist to replay.
 
 
 # --- field checks: each takes the raw value and its key path, returns the typed value
@@ -354,6 +374,36 @@ def _backend(value: Any, key: str) -> str:
     return str(value)
 
 
+def _log_format(value: Any, key: str) -> str:
+    if value not in LOG_FORMATS:
+        raise _Invalid(key, f"must be one of {', '.join(LOG_FORMATS)}, got {_show(value)}")
+    return str(value)
+
+
+def _redis_url(value: Any, key: str) -> str:
+    url = _text(value, key)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port outside 0..65535
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in REDIS_SCHEMES or not (
+        parts.netloc if parts.scheme.lower() != "unix" else parts.path
+    ):
+        raise _Invalid(
+            key,
+            f"expected a redis://, rediss:// or unix:// URL, got {_show(value)}",
+        )
+    return url
+
+
+def _prefix(value: Any, key: str) -> str:
+    text = _text(value, key)
+    if any(c.isspace() or c in "{}" for c in text):
+        raise _Invalid(key, f"must not contain white space or braces, got {_show(value)}")
+    return text
+
+
 def _secret(value: Any, key: str) -> str | None:
     if value is None:
         return None
@@ -425,6 +475,11 @@ def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _join_rate(**fields: Any) -> RateConfig:
+    """limits.join_rate has defaults of its own (a burst that covers re-joining 20 rooms)."""
+    return replace(RateConfig(5, 1.0, 40), **fields)
+
+
 _RATE_FIELDS: Final[Mapping[str, _Check]] = {
     "messages": _number,
     "per": _seconds,
@@ -434,13 +489,24 @@ _RATE_FIELDS: Final[Mapping[str, _Check]] = {
 _CONFIG_FIELDS: Final[Mapping[str, _Check]] = {
     "server": _section(
         ServerConfig,
-        {"host": _text, "port": _port, "shutdown_timeout": _seconds},
+        {
+            "host": _text,
+            "port": _port,
+            "shutdown_timeout": _seconds,
+            "header_timeout": _seconds,
+        },
     ),
     "heartbeat": _section(HeartbeatConfig, {"interval": _seconds, "timeout": _seconds}),
     "cleanup": _section(CleanupConfig, {"interval": _seconds}),
     "history": _section(
         HistoryConfig,
-        {"backend": _backend, "path": _text, "retain": _at_least(1), "replay": _at_least(0)},
+        {
+            "backend": _backend,
+            "path": _text,
+            "retain": _at_least(1),
+            "replay": _at_least(0),
+            "recover": _at_least(0),
+        },
     ),
     "limits": _section(
         LimitsConfig,
@@ -449,6 +515,7 @@ _CONFIG_FIELDS: Final[Mapping[str, _Check]] = {
             "max_frame": _at_least(1),
             "max_rooms": _at_least(1),
             "rate": _section(RateConfig, _RATE_FIELDS),
+            "join_rate": _section(_join_rate, _RATE_FIELDS),
             "max_connections": _at_least(1),
             "max_connections_per_ip": _at_least(1),
             "send_buffer": _at_least(1),
@@ -458,4 +525,8 @@ _CONFIG_FIELDS: Final[Mapping[str, _Check]] = {
         SecurityConfig, {"allowed_origins": _origins, "trusted_proxies": _networks}
     ),
     "auth": _section(AuthConfig, {"secret": _secret}),
+    "log": _section(LogConfig, {"format": _log_format}),
+    "redis": _section(
+        RedisConfig, {"url": _redis_url, "prefix": _prefix, "node_timeout": _seconds}
+    ),
 }

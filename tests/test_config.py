@@ -256,7 +256,10 @@ def test_top_level_list_in_file(tmp_path: Path) -> None:
         ({"server": {"host": ""}}, "server.host: must not be empty"),
         ({"history": {"path": None}}, "history.path: expected a string, got None"),
         ({"history": {"path": ""}}, "history.path: must not be empty"),
-        ({"history": {"backend": "redis"}}, "history.backend: must be one of memory, sqlite"),
+        (
+            {"history": {"backend": "mysql"}},
+            "history.backend: must be one of memory, sqlite, redis",
+        ),
         ({"history": {"backend": None}}, "history.backend: must be one of memory, sqlite"),
         ({"auth": {"secret": ""}}, "auth.secret: must not be empty"),
         ({"auth": {"secret": 12345}}, "auth.secret: expected a string or null, got 12345"),
@@ -338,10 +341,53 @@ def test_timeout_checked_against_default_interval() -> None:
     assert message == "test.yaml: heartbeat.timeout: must be greater than heartbeat.interval"
 
 
-def test_replay_must_not_exceed_retain() -> None:
-    """history.replay > history.retain is refused."""
-    message = error_of({"history": {"retain": 10, "replay": 11}})
-    assert message == "test.yaml: history.replay: must be <= history.retain (10), got 11"
+def test_replay_may_exceed_retain() -> None:
+    """history.retain alone, below the default replay, is a valid configuration."""
+    config = config_from_mapping({"history": {"retain": 3}}, "test.yaml", {})
+    assert (config.history.retain, config.history.replay) == (3, 50)
+
+
+def test_new_contract_keys_have_their_defaults() -> None:
+    """The keys the contract added (recover, join_rate, header_timeout, log, redis)."""
+    config = config_from_mapping({}, "test.yaml", {})
+    assert config.history.recover == 500
+    assert config.server.header_timeout == 10
+    rate = config.limits.join_rate
+    assert (rate.messages, rate.per, rate.burst) == (5, 1.0, 40)
+    assert config.log.format == "text"
+    assert config.redis.url == "redis://127.0.0.1:6379/0"
+    assert config.redis.prefix == "chat"
+    assert config.redis.node_timeout == 15
+
+
+def test_join_rate_keeps_its_own_defaults() -> None:
+    """Setting one field of limits.join_rate keeps the others at join_rate's defaults."""
+    config = config_from_mapping({"limits": {"join_rate": {"per": 2}}}, "test.yaml", {})
+    rate = config.limits.join_rate
+    assert (rate.messages, rate.per, rate.burst) == (5, 2.0, 40)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:6379", "localhost:6379", "", "redis://", "unix://", 5],
+)
+def test_bad_redis_url_is_named(url: object) -> None:
+    """A redis.url that is not a redis://, rediss:// or unix:// URL names redis.url."""
+    message = error_of({"redis": {"url": url}})
+    assert message.startswith("test.yaml: redis.url: ")
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///tmp/redis.sock"]
+)
+def test_good_redis_urls(url: str) -> None:
+    """Each of the three URL schemes is accepted."""
+    assert config_from_mapping({"redis": {"url": url}}, "test.yaml", {}).redis.url == url
+
+
+def test_bad_log_format_is_named() -> None:
+    """log.format is text or json."""
+    assert error_of({"log": {"format": "xml"}}).startswith("test.yaml: log.format: must be one of")
 
 
 def test_long_bad_values_are_cut_short() -> None:
