@@ -13,6 +13,7 @@ import jinja2
 from aiohttp import web
 
 from chat import auth, heartbeat, policy, routes
+from chat.cluster.local import LocalCluster
 from chat.config import Config
 from chat.history import HistoryStore
 from chat.history.memory import MemoryHistory
@@ -56,7 +57,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = metrics
     app[HISTORY] = store
-    app[HUB] = Hub(config, store, metrics)
+    app[HUB] = Hub(config, store, metrics, LocalCluster(store))
     app[PROXIES] = policy.networks(config.security.trusted_proxies)
     if config.auth.secret is not None and auth.weak_secret(config.auth.secret):
         logger.warning("auth.secret is shorter than 32 bytes: tokens are easier to forge")

@@ -38,6 +38,7 @@ class Connection:
         send_buffer: int,
     ) -> None:
         self.ws = ws
+        self.id = ""  # given by the hub when it admits the connection; unique on this node
         self.transport = transport
         self.remote = remote
         self.opened = now

@@ -1,14 +1,15 @@
-"""Connections, sessions and rooms, and the fan-out between them.
+"""This node's connections and the fan-out to them; cluster-wide decisions go to a `Cluster`.
 
-Membership belongs to the session (it survives a takeover); delivery belongs to the
-connection (a room's messages reach a connection once it has joined on it). Every
-method here that changes state does so without awaiting in the middle, except where a
-comment says how the await is made safe.
+Membership belongs to the session (it survives a takeover) and lives in the cluster;
+delivery belongs to the connection (a room's frames reach a connection once it has joined
+on it) and lives here. Every method that changes local state does so without awaiting in
+the middle, except where a comment says how the await is made safe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from chat import auth, protocol
+from chat.cluster import Claim, Cluster
 from chat.config import Config
 from chat.connection import Connection
 from chat.history import HistoryStore, Message
@@ -42,19 +44,23 @@ ROOM_INVALID: Final = Invalid("room_invalid", "a room name is 1 to 32 of a-z, 0-
 
 @dataclass(eq=False, slots=True)
 class Session:
+    """A session held by a connection of this node."""
+
     id: str
     nick: str  # normalised, in the spelling of the hello that created it
     key: str  # what nicks are compared by
     conn: Connection
-    rooms: set[str] = field(default_factory=set)
     allowed: frozenset[str] | None = None  # rooms a token permits; None: all
 
 
 @dataclass(eq=False, slots=True)
 class Room:
+    """This node's receivers of one room, each with its floor: the highest id its
+    `joined` held. The node's feed may still deliver ids at or below it; they are skipped.
+    """
+
     name: str
-    members: set[Session] = field(default_factory=set)
-    receivers: set[Connection] = field(default_factory=set)
+    receivers: dict[Connection, int] = field(default_factory=dict)
 
 
 def now_ms() -> int:
@@ -67,21 +73,24 @@ class Hub:
         config: Config,
         store: HistoryStore,
         metrics: Metrics,
+        cluster: Cluster,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
+        self.cluster = cluster
         self.clock = clock
         self.connections: set[Connection] = set()
-        self.sessions: dict[str, Session] = {}
-        self.nicks: dict[str, Session] = {}
-        self.rooms: dict[str, Room] = {}
+        self.sessions: dict[str, Session] = {}  # the sessions held on this node
+        self.rooms: dict[str, Room] = {}  # rooms with a receiver on this node
         self.buckets: dict[Connection, TokenBucket] = {}
         self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
+        self._ids = itertools.count(1)
         self._empty = asyncio.Event()
         self._empty.set()
+        cluster.attach(self)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -96,6 +105,7 @@ class Hub:
 
     def register(self, conn: Connection) -> None:
         """Count a connection from the moment it is admitted (before the upgrade completes)."""
+        conn.id = str(next(self._ids))
         self.per_ip[conn.remote] = self.per_ip.get(conn.remote, 0) + 1
         self.connections.add(conn)
         self._empty.clear()
@@ -118,67 +128,80 @@ class Hub:
         self._drop_delivery(conn)
         session = conn.session
         # After a takeover the session belongs to the newer connection and lives on.
-        if session is not None and session.conn is conn:
-            self._end_session(session, reason)
+        if session is not None and self.sessions.get(session.id) is session:
+            if session.conn is conn:
+                self._forget_session(session)
+                self.cluster.end_session(session.id, conn.id, reason)
         return True
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
 
+    def _forget_session(self, session: Session) -> None:
+        del self.sessions[session.id]
+        self.metrics.sessions.dec()
+
     def _drop_delivery(self, conn: Connection) -> None:
         for name in conn.rooms:
             room = self.rooms.get(name)
             if room is not None:
-                room.receivers.discard(conn)
+                room.receivers.pop(conn, None)
                 self._forget_if_empty(room)
         conn.rooms.clear()
         conn.pending.clear()
 
-    def _end_session(self, session: Session, reason: str) -> None:
-        del self.sessions[session.id]
-        if self.nicks.get(session.key) is session:
-            del self.nicks[session.key]
-        self.metrics.sessions.dec()
-        for name in sorted(session.rooms):
-            room = self.rooms.get(name)
-            if room is None:
-                continue
-            room.members.discard(session)
-            self._presence(room, "leave", session, reason)
-            self._forget_if_empty(room)
-        session.rooms.clear()
-
     def _forget_if_empty(self, room: Room) -> None:
-        if not room.members and not room.receivers:
-            self.rooms.pop(room.name, None)
+        if not room.receivers and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            self.cluster.unwatch(room.name)
 
-    def _room(self, name: str) -> Room:
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(name)
-        return room
+    # ------------------------------------------------------------ delivery (chat.cluster.Node)
 
-    # ------------------------------------------------------------ fan-out
-
-    def broadcast(
-        self, room: Room, data: bytes, msg_id: int | None = None, exclude: Session | None = None
+    def deliver(
+        self, room: str, data: bytes, msg_id: int | None = None, exclude: str | None = None
     ) -> None:
         """Hand the same encoded bytes to every receiver; never awaits a client."""
-        for conn in room.receivers:
-            if exclude is None or conn.session is not exclude:
-                conn.send_room(room.name, data, msg_id)
+        local = self.rooms.get(room)
+        if local is None:
+            return
+        if msg_id is not None:
+            for conn, floor in local.receivers.items():
+                if msg_id > floor:
+                    conn.send_room(room, data, msg_id)
+            return
+        for conn in local.receivers:
+            session = conn.session
+            if exclude is None or session is None or session.id != exclude:
+                conn.send_room(room, data)
 
-    def _presence(self, room: Room, event: str, session: Session, reason: str | None) -> None:
-        frame: dict[str, Any] = {
-            "type": "presence", "room": room.name, "event": event, "nick": session.nick
-        }
-        if reason is not None:
-            frame["reason"] = reason
-        self.broadcast(room, protocol.encode(frame), exclude=session)
+    def replaced(self, session: str, conn: str) -> None:
+        held = self.sessions.get(session)
+        if held is not None and held.conn.id == conn:
+            self._forget_session(held)
+            self._replace(held.conn)
+
+    def lost(self, reason: str, room: str | None = None) -> None:
+        if room is None:
+            conns = list(self.connections)
+            # The cluster ended these sessions already; forget them without ending again.
+            for session in list(self.sessions.values()):
+                self._forget_session(session)
+        else:
+            local = self.rooms.get(room)
+            conns = [] if local is None else list(local.receivers)
+        for conn in conns:
+            self._drop_delivery(conn)
+            conn.abort(Close.INTERNAL, reason)
+
+    def _replace(self, old: Connection) -> None:
+        # The old connection stops receiving at once; its release later leaves the
+        # session alone because this node no longer holds it for that connection.
+        self._drop_delivery(old)
+        old.abort(Close.REPLACED, "replaced by a newer connection")
 
     # ------------------------------------------------------------ requests
 
-    def hello(self, conn: Connection, event: protocol.Hello) -> Outcome:
+    async def hello(self, conn: Connection, event: protocol.Hello) -> Outcome:
         if conn.session is not None:
             return Invalid("bad_request", "hello was already accepted on this connection", None)
         allowed: frozenset[str] | None = None
@@ -201,18 +224,23 @@ class Hub:
                 None,
             )
         key = protocol.nick_key(nick)
-        session = self.sessions.get(event.session) if event.session else None
-        if session is not None and session.key == key:
-            self._take_over(session, conn)
-            if secret is not None:
-                session.allowed = allowed  # the newest token's grant
-        else:
-            if key in self.nicks:
-                return Invalid("nick_taken", f"the nick {nick!r} is in use", None)
-            session = Session(secrets.token_urlsafe(24), nick, key, conn, allowed=allowed)
-            self.sessions[session.id] = session
-            self.nicks[key] = session
-            self.metrics.sessions.inc()
+        claim = Claim(event.session, nick, key, conn.id, secrets.token_urlsafe(24))
+        claimed = await self.cluster.hello(claim)
+        if isinstance(claimed, str):
+            return Invalid(claimed, f"the nick {nick!r} is in use", None)
+        if conn.closing:
+            # Gone while the cluster answered: give the session back at once.
+            self.cluster.end_session(claimed.session, conn.id, "closed")
+            return None
+        if claimed.taken_over:
+            old = self.sessions.get(claimed.session)
+            if old is not None:
+                self._forget_session(old)
+                self._replace(old.conn)
+            logger.info("session of %s taken over by %s", claimed.nick, conn.remote)
+        session = Session(claimed.session, claimed.nick, key, conn, allowed)
+        self.sessions[session.id] = session
+        self.metrics.sessions.inc()
         conn.session = session
         limits = self.config.limits
         rate = limits.rate
@@ -221,7 +249,7 @@ class Hub:
             "version": protocol.VERSION,
             "session": session.id,
             "nick": session.nick,
-            "rooms": sorted(session.rooms),
+            "rooms": claimed.rooms,
             "heartbeat": {
                 "interval": self.config.heartbeat.interval,
                 "timeout": self.config.heartbeat.timeout,
@@ -235,15 +263,6 @@ class Hub:
         }))
         return None
 
-    def _take_over(self, session: Session, conn: Connection) -> None:
-        old = session.conn
-        session.conn = conn
-        # The old connection stops receiving at once; its release later leaves the
-        # session alone because the session no longer points at it.
-        self._drop_delivery(old)
-        old.abort(Close.REPLACED, "replaced by a newer connection")
-        logger.info("session of %s taken over by %s", session.nick, conn.remote)
-
     async def join(self, conn: Connection, event: protocol.Join) -> Outcome:
         session = conn.session
         assert session is not None
@@ -252,35 +271,46 @@ class Hub:
             return ROOM_INVALID
         if session.allowed is not None and name not in session.allowed:
             return Invalid("forbidden_room", f"your token does not allow {name!r}", None)
-        new_member = name not in session.rooms
-        if new_member and len(session.rooms) >= self.config.limits.max_rooms:
+        # The node follows the room before this connection registers, so every message
+        # after the replay below reaches it through the feed.
+        await self.cluster.watch(name)
+        entered = await self.cluster.enter(
+            session.id, name, session.nick, self.config.limits.max_rooms
+        )
+        if isinstance(entered, str):
+            self._unwatch_if_unused(name)
             return Invalid(
-                "too_many_rooms", f"a session may be in {self.config.limits.max_rooms} rooms", None
+                entered, f"a session may be in {self.config.limits.max_rooms} rooms", None
             )
+        if conn.closing or self.sessions.get(session.id) is not session:
+            self._unwatch_if_unused(name)
+            return None
         room = self._room(name)
-        if new_member:
-            self._presence(room, "join", session, None)
-            session.rooms.add(name)
-            room.members.add(session)
         # Register for delivery before reading the replay: messages stored meanwhile are
         # held back, then released after `joined` minus those the replay already holds.
         conn.pending[name] = []
         conn.rooms.add(name)
-        room.receivers.add(conn)
+        room.receivers[conn] = 0
         try:
             replay = await self.store.replay(
                 name, event.since, event.epoch, self.config.history.replay
             )
-        finally:
-            held = conn.pending.pop(name, [])
+        except BaseException:
+            held = conn.pending.pop(name, None)
+            if held is not None:  # still registered: undo it, the client may retry
+                conn.rooms.discard(name)
+                room.receivers.pop(conn, None)
+                self._forget_if_empty(room)
+            raise
+        held = conn.pending.pop(name, [])
         if conn.closing or name not in conn.rooms:
             return None
-        members = protocol.sort_nicks([member.nick for member in room.members])
+        room.receivers[conn] = replay.last_id
         conn.send(protocol.encode({
             "type": "joined",
             "room": name,
             "epoch": replay.epoch,
-            "members": members,
+            "members": protocol.sort_nicks(entered.members),
             "messages": [message.frame() for message in replay.messages],
             "complete": replay.complete,
         }))
@@ -289,23 +319,24 @@ class Hub:
                 conn.send(data)
         return None
 
-    def leave(self, conn: Connection, event: protocol.Leave) -> Outcome:
+    def _unwatch_if_unused(self, name: str) -> None:
+        if name not in self.rooms:
+            self.cluster.unwatch(name)
+
+    async def leave(self, conn: Connection, event: protocol.Leave) -> Outcome:
         session = conn.session
         assert session is not None
         name = event.room
         if not protocol.valid_room(name):
             return ROOM_INVALID
-        room = self.rooms.get(name)
+        await self.cluster.exit(session.id, name, session.nick)
         conn.rooms.discard(name)
         conn.pending.pop(name, None)
         conn.typing_at.pop(name, None)
+        room = self.rooms.get(name)
         if room is not None:
-            room.receivers.discard(conn)
-            if session in room.members:
-                room.members.discard(session)
-                self._presence(room, "leave", session, "left")
+            room.receivers.pop(conn, None)
             self._forget_if_empty(room)
-        session.rooms.discard(name)
         conn.send(protocol.encode({"type": "left", "room": name}))
         return None
 
@@ -340,19 +371,17 @@ class Hub:
             return Invalid(
                 "rate_limited", "too many messages; slow down", None, retry_after=retry_after
             )
-        # The ack and the broadcast happen in `stored`, which the store calls the moment
-        # the message is durable, in id order (so members receive messages in id order),
-        # and even if this connection ends meanwhile: a stored message must reach the
-        # room, or members would see a gap.
+        # The ack and the publication happen in `stored`, which the store calls the
+        # moment the message is durable, in id order (so members receive messages in id
+        # order), and even if this connection ends meanwhile: a stored message must reach
+        # the room, or members would see a gap.
         def stored(message: Message, created: bool) -> None:
             if not created:
                 bucket.refund()  # a duplicate is not rate limited
             conn.send(_ack(message))
             if created:
                 self.metrics.messages.inc()
-                members = self.rooms.get(message.room)  # gone if everyone left meanwhile
-                if members is not None:
-                    self.broadcast(members, protocol.encode(message.frame()), message.id)
+                self.cluster.publish(message, protocol.encode(message.frame()))
 
         await self.store.append(
             room.name, session.nick, session.key, event.text, event.cid, now_ms(), stored
@@ -368,7 +397,7 @@ class Hub:
             )
         return bucket
 
-    def typing(self, conn: Connection, event: protocol.Typing) -> Outcome:
+    async def typing(self, conn: Connection, event: protocol.Typing) -> Outcome:
         session = conn.session
         assert session is not None
         room = self._joined_room(conn, event.room)
@@ -380,7 +409,7 @@ class Hub:
             return DROPPED
         conn.typing_at[room.name] = now
         frame = protocol.encode({"type": "typing", "room": room.name, "nick": session.nick})
-        self.broadcast(room, frame, exclude=session)
+        await self.cluster.typing(room.name, session.id, frame)
         return None
 
     async def history(self, conn: Connection, event: protocol.HistoryRequest) -> Outcome:
@@ -396,19 +425,16 @@ class Hub:
         }))
         return None
 
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name)
+        return room
+
     # ------------------------------------------------------------ views
 
-    async def room_list(self) -> list[dict[str, Any]]:
-        stored = await self.store.rooms()
-        names = set(stored) | {name for name, room in self.rooms.items() if room.members}
-        return [
-            {
-                "room": name,
-                "members": len(self.rooms[name].members) if name in self.rooms else 0,
-                "last_id": stored.get(name, 0),
-            }
-            for name in sorted(names)
-        ]
+    async def room_list(self, after: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return await self.cluster.rooms(after, limit)
 
 
 def _ack(message: Message) -> bytes:

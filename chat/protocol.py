@@ -277,3 +277,10 @@ def close_frame(code: int, reason: str) -> bytes:
 
 def sort_nicks(nicks: list[str]) -> list[str]:
     return sorted(nicks, key=lambda n: (nick_key(n), n))
+
+
+def presence_frame(room: str, event: str, nick: str, reason: str | None = None) -> bytes:
+    frame: dict[str, Any] = {"type": "presence", "room": room, "event": event, "nick": nick}
+    if reason is not None:
+        frame["reason"] = reason
+    return orjson.dumps(frame)

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 
 from chat import protocol
 from chat.connection import CLOSE_TIMEOUT, Connection
+from chat.history import BackendUnavailable
 from chat.hub import DROPPED, Hub, Outcome, now_ms
 from chat.keys import HUB, PROXIES
 from chat.policy import client_address, origin_allowed, own_origin, trusted_peer
@@ -145,6 +146,11 @@ async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]
             continue
         try:
             outcome = await _handle(hub, conn, request)
+        except BackendUnavailable as err:
+            # Not the client's fault: neither counts toward nor resets the errors in a row.
+            unavailable = Invalid("unavailable", str(err), None, retry_after=err.retry_after)
+            _send_error(hub, conn, unavailable, request, counts=False)
+            continue
         except Exception:
             logger.exception("request failed on connection from %s", conn.remote)
             conn.close(Close.INTERNAL, "unexpected server error")
@@ -164,21 +170,26 @@ async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
         return Invalid("hello_required", "say hello first", None)
     match request:
         case protocol.Hello():
-            return hub.hello(conn, request)
+            return await hub.hello(conn, request)
         case protocol.Join():
             return await hub.join(conn, request)
         case protocol.Leave():
-            return hub.leave(conn, request)
+            return await hub.leave(conn, request)
         case protocol.Say():
             return await hub.say(conn, request)
         case protocol.Typing():
-            return hub.typing(conn, request)
+            try:
+                return await hub.typing(conn, request)
+            except BackendUnavailable:
+                return DROPPED  # a typing notice is not worth an error
         case protocol.HistoryRequest():
             return await hub.history(conn, request)
     raise AssertionError(f"unhandled request {request!r}")
 
 
-def _send_error(hub: Hub, conn: Connection, error: Invalid, request: Request) -> None:
+def _send_error(
+    hub: Hub, conn: Connection, error: Invalid, request: Request, counts: bool = True
+) -> None:
     ref = error.ref
     if ref is None and not isinstance(request, Invalid):
         cid = getattr(request, "cid", None)
@@ -187,6 +198,8 @@ def _send_error(hub: Hub, conn: Connection, error: Invalid, request: Request) ->
     hub.metrics.errors.labels(error.code).inc()
     if error.code == "unauthorized":
         conn.close(Close.UNAUTHORIZED, "unauthorized")
+        return
+    if not counts:
         return
     conn.errors_in_row += 1
     if conn.errors_in_row >= MAX_ERRORS_IN_ROW:

@@ -339,7 +339,7 @@ async def test_too_many_rooms(aiohttp_client: Any) -> None:
     await peer.send({"type": "leave", "room": "b"})
     await peer.next_is("left", room="b")
     await peer.join("d")
-    assert sorted(client.app[HUB].sessions[peer.session or ""].rooms) == ["a", "c", "d"]
+    assert sorted(client.app[HUB].cluster.sessions[peer.session or ""].rooms) == ["a", "c", "d"]
     await assert_still_serves(client)
 
 
@@ -465,7 +465,7 @@ async def test_disconnect_mid_frame_releases_connection(client: Client, raw: Raw
     leave = await watcher.expect("presence", event="leave", nick="halfway")
     assert leave["reason"] == "closed"
     await until(lambda: len(hub.connections) == 1)
-    assert "halfway" not in hub.nicks
+    assert "halfway" not in hub.cluster.nicks
     assert await gauge(client) == 1
     await assert_still_serves(client)
 
@@ -612,5 +612,5 @@ async def test_arbitrary_frames_get_contract_answers(
               and r.name.split(".")[0] in ("chat", "aiohttp")]
     assert not errors, [r.getMessage() for r in errors]
     hub = fuzz_client.app[HUB]
-    assert not hub.sessions and not hub.per_ip and not hub.nicks
+    assert not hub.sessions and not hub.per_ip and not hub.cluster.nicks
     assert not [room for room in hub.rooms.values() if room.members or room.receivers]

@@ -121,7 +121,7 @@ async def test_many_dead_peers_dropped_together(aiohttp_client: Any) -> None:
     await asyncio.wait_for(hub.wait_empty(), config.heartbeat.timeout + 5)
     elapsed = loop.time() - last_frame
     assert elapsed <= config.heartbeat.timeout + config.cleanup.interval + 2 * SLACK, elapsed
-    assert not hub.sessions and not hub.rooms and not hub.nicks
+    assert not hub.sessions and not hub.rooms and not hub.cluster.nicks
     text = await (await client.get("/metrics")).text()
     assert f"chat_heartbeat_timeouts_total {float(count)}" in text
     assert "chat_connections 0.0" in text

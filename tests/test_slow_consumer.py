@@ -75,8 +75,11 @@ async def test_stuck_reader_dropped_with_4001_others_get_everything(client: Clie
     await stuck.send({"type": "hello", "nick": "stuck"})
     await stuck.send({"type": "join", "room": "flood"})
     key = nick_key("stuck")
-    await until(lambda: key in hub.nicks and "flood" in hub.nicks[key].rooms)
-    stuck_conn = hub.nicks[key].conn
+    cluster = hub.cluster
+    await until(
+        lambda: key in cluster.nicks and "flood" in cluster.sessions[cluster.nicks[key]].rooms
+    )
+    stuck_conn = hub.sessions[cluster.nicks[key]].conn
     assert await gauge(client) == 3
 
     reader_ids: list[int] = []
@@ -113,7 +116,7 @@ async def test_stuck_reader_dropped_with_4001_others_get_everything(client: Clie
 
     assert stuck_conn.close_code == Close.SLOW_CONSUMER
     assert stuck_conn not in hub.connections
-    assert key not in hub.nicks
+    assert key not in hub.cluster.nicks
     assert await gauge(client) == 2
     assert reader_ids == list(range(1, sent + 1))
     assert flooder_ids == list(range(1, sent + 1))

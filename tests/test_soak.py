@@ -73,7 +73,7 @@ async def test_connect_talk_vanish_leaves_nothing(aiohttp_client: Any) -> None:
     assert await gauge(client, "chat_sessions") == 0
     assert not hub.connections
     assert not hub.sessions
-    assert not hub.nicks
+    assert not hub.cluster.nicks
     assert not hub.rooms
     assert not hub.per_ip
     assert not hub.buckets

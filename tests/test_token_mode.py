@@ -72,7 +72,7 @@ async def assert_unauthorized(client: Client, **fields: Any) -> None:
 async def test_missing_or_bad_token_unauthorized_4003(client: Client, fields: Any) -> None:
     """Without a valid token for the nick, hello gets `unauthorized` and close 4003."""
     await assert_unauthorized(client, **fields)
-    assert not client.app[HUB].nicks
+    assert not client.app[HUB].cluster.nicks
     await asyncio.wait_for(client.app[HUB].wait_empty(), DEADLINE)
 
 

@@ -155,4 +155,4 @@ async def test_abrupt_disconnect_releases_everything(connect: Connect, client: A
     assert leave["reason"] == "closed"
     hub = client.app[HUB]
     assert [c.nick for c in hub.connections] == ["bob"]
-    assert set(hub.nicks) == {"bob"}
+    assert set(hub.cluster.nicks) == {"bob"}

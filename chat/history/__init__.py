@@ -24,6 +24,18 @@ class HistoryOpenError(Exception):
         super().__init__(f"{path}: cannot open history database: {reason}")
 
 
+class BackendUnavailable(Exception):
+    """A backend that other nodes share (Redis) does not answer; ``str(err)`` says why.
+
+    Requests that need it are answered `unavailable` with `retry_after`; nothing was
+    changed that the caller must undo, except where the raiser says so.
+    """
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     room: str
