@@ -13,10 +13,14 @@ import jinja2
 from aiohttp import web
 
 from chat import auth, heartbeat, policy, routes
+from chat.cluster import Cluster
 from chat.cluster.local import LocalCluster
+from chat.cluster.redis_cluster import RedisCluster
+from chat.cluster.redis_link import RedisLink
 from chat.config import Config
 from chat.history import HistoryStore
 from chat.history.memory import MemoryHistory
+from chat.history.redis import RedisHistory
 from chat.history.sqlite import SqliteHistory
 from chat.hub import Hub
 from chat.keys import CONFIG, HISTORY, HUB, METRICS, PROXIES
@@ -37,27 +41,33 @@ def asset_dir(name: str) -> Path:
     raise FileNotFoundError(f"{name}/ not found next to {_PACKAGE}")
 
 
-def make_store(config: Config, metrics: Metrics | None = None) -> HistoryStore:
+def make_backend(config: Config, metrics: Metrics) -> tuple[HistoryStore, Cluster]:
+    """The history store and the cluster for `history.backend`: the one list of backends."""
     backend = config.history.backend
+    if backend == "redis":
+        link = RedisLink(config.redis, metrics)
+        redis_store = RedisHistory(link, config.history.retain, on_commit=metrics.observe_commit)
+        return redis_store, RedisCluster(config, link, redis_store, metrics)
+    store: HistoryStore
     if backend == "memory":
-        return MemoryHistory(config.history.retain)
-    if backend == "sqlite":
-        return SqliteHistory(
-            config.history.path,
-            config.history.retain,
-            on_commit=None if metrics is None else metrics.observe_commit,
+        store = MemoryHistory(config.history.retain)
+    elif backend == "sqlite":
+        store = SqliteHistory(
+            config.history.path, config.history.retain, on_commit=metrics.observe_commit
         )
-    raise ValueError(f"history.backend: unknown backend {backend!r}")
+    else:
+        raise ValueError(f"history.backend: unknown backend {backend!r}")
+    return store, LocalCluster(store)
 
 
 def create_app(config: Config) -> web.Application:
     app = web.Application()
     metrics = Metrics()
-    store = make_store(config, metrics)
+    store, cluster = make_backend(config, metrics)
     app[CONFIG] = config
     app[METRICS] = metrics
     app[HISTORY] = store
-    app[HUB] = Hub(config, store, metrics, LocalCluster(store))
+    app[HUB] = Hub(config, store, metrics, cluster)
     app[PROXIES] = policy.networks(config.security.trusted_proxies)
     if config.auth.secret is not None and auth.weak_secret(config.auth.secret):
         logger.warning("auth.secret is shorter than 32 bytes: tokens are easier to forge")
@@ -72,6 +82,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/ws", websocket_handler)
 
     app.cleanup_ctx.append(_history_ctx)
+    app.cleanup_ctx.append(_cluster_ctx)
     app.cleanup_ctx.append(heartbeat.cleanup_ctx)
     app.on_shutdown.append(_close_connections)
     return app
@@ -83,6 +94,14 @@ async def _history_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     # Runs after every connection is closed: nothing is acknowledged after this.
     await store.close()
+
+
+async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    cluster = app[HUB].cluster
+    await cluster.start()
+    yield
+    # After every connection is closed, so that their sessions end cluster-wide.
+    await cluster.stop()
 
 
 async def _close_connections(app: web.Application) -> None:

@@ -76,10 +76,10 @@ class Hub:
         cluster: Cluster,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.cluster = cluster
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.cluster = cluster
         self.clock = clock
         self.connections: set[Connection] = set()
         self.sessions: dict[str, Session] = {}  # the sessions held on this node
@@ -91,6 +91,16 @@ class Hub:
         self._empty = asyncio.Event()
         self._empty.set()
         cluster.attach(self)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Swap the configuration (a reload); the cluster reads the same one."""
+        self._config = config
+        self.cluster.config = config
 
     # ------------------------------------------------------------ lifecycle
 

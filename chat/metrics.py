@@ -36,7 +36,7 @@ class Metrics:
         # messages each commit carries (under load, many; a slow disk shows here first).
         self.commit_seconds = Histogram(
             "chat_history_commit_seconds",
-            "Time to store and commit one batch of messages (SQLite).",
+            "Time to store and commit one batch of messages (SQLite), or one say (Redis).",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
@@ -44,6 +44,32 @@ class Metrics:
             "chat_history_commit_messages",
             "Says answered by one commit (SQLite group commit), re-sent ones included.",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=self.registry,
+        )
+
+        # The Redis backend (history.backend: redis); stays 0 on the other backends.
+        self.redis_up = Gauge(
+            "chat_redis_up", "1 while this node reaches Redis.", registry=self.registry
+        )
+        self.redis_reconnects = Counter(
+            "chat_redis_reconnects",
+            "Times this node reached Redis again after losing it.",
+            registry=self.registry,
+        )
+        self.redis_gaps = Counter(
+            "chat_redis_gaps",
+            "Times a room's feed was found behind the stream (a lost pub/sub message, "
+            "a reconnect, a failed probe).",
+            registry=self.registry,
+        )
+        self.redis_backfilled = Counter(
+            "chat_redis_backfilled",
+            "Messages read from a room's stream to fill a gap in its feed.",
+            registry=self.registry,
+        )
+        self.redis_nodes_reaped = Counter(
+            "chat_redis_nodes_reaped",
+            "Nodes whose lease ran out and whose sessions this node ended.",
             registry=self.registry,
         )
 

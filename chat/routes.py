@@ -67,6 +67,9 @@ async def readyz(request: web.Request) -> web.Response:
         logger.warning("history backend check failed: %s", err)
         history = f"error: {err}"
     backends = {"history": history}
+    cluster = request.app[HUB].cluster.check()
+    if cluster is not None:  # a cluster of other processes: this node's part in it
+        backends["cluster"] = cluster
     ok = all(value == "ok" for value in backends.values())
     return web.json_response(
         {"status": "ok" if ok else "unavailable", "backends": backends},

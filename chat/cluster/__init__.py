@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chat.config import Config
 from chat.history import Message
 
 
@@ -65,14 +66,17 @@ class Node(Protocol):
 
 
 class Cluster(Protocol):
+    config: Config  # the hub keeps it current across reloads
+
     def attach(self, node: Node) -> None: ...
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    def check(self) -> str:
-        """'ok' while this node takes part in the cluster, else a short reason."""
+    def check(self) -> str | None:
+        """'ok' while this node takes part in the cluster, else a short reason; None
+        when the cluster is this process alone."""
 
     async def hello(self, claim: Claim) -> Claimed | str:
         """The session a hello gets, or the error code (`nick_taken`) it gets instead."""

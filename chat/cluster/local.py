@@ -11,6 +11,7 @@ from typing import Any
 
 from chat import protocol
 from chat.cluster import Claim, Claimed, Entered, Node
+from chat.config import Config
 from chat.history import HistoryStore, Message
 
 
@@ -23,8 +24,9 @@ class _Session:
 
 
 class LocalCluster:
-    def __init__(self, store: HistoryStore) -> None:
+    def __init__(self, store: HistoryStore, config: Config | None = None) -> None:
         self.store = store
+        self.config = config or Config()
         self.sessions: dict[str, _Session] = {}
         self.nicks: dict[str, str] = {}  # nick key -> session id
         self.members: dict[str, dict[str, str]] = {}  # room -> session id -> nick
@@ -44,8 +46,8 @@ class LocalCluster:
     async def stop(self) -> None:
         pass
 
-    def check(self) -> str:
-        return "ok"
+    def check(self) -> str | None:
+        return None
 
     async def hello(self, claim: Claim) -> Claimed | str:
         held = self.sessions.get(claim.session) if claim.session else None

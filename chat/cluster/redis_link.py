@@ -1,0 +1,225 @@
+"""One node's link to Redis: the client, error translation, health and restart detection.
+
+Redis errors never reach the hub: every call goes through `RedisLink.run`, which turns a
+connection problem into `BackendUnavailable` (the request is answered `unavailable`) and
+marks the link down. Nothing is retried automatically: a write whose reply was lost may
+have been executed, and only the client knows (by its `cid`) whether to send it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection as RedisConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chat.cluster import scripts
+from chat.cluster.keys import Keys
+from chat.config import RedisConfig
+from chat.history import BackendUnavailable
+from chat.metrics import Metrics
+
+logger = logging.getLogger("chat.redis")
+
+# Seconds a client is told to wait before retrying a request answered `unavailable`.
+RETRY_AFTER: Final = 1.0
+# Replies that mean "not now" rather than "wrong": Redis is starting or cannot write.
+_TRANSIENT: Final = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "MISCONF", "TRYAGAIN")
+
+_T = TypeVar("_T")
+
+
+def durable(appendonly: str | None, appendfsync: str | None) -> bool:
+    """Nothing acknowledged is lost only with `appendonly yes` and `appendfsync always`."""
+    return appendonly == "yes" and appendfsync == "always"
+
+
+def weakness(appendonly: str | None, appendfsync: str | None) -> str:
+    """The setting to name in the warning about weak persistence."""
+    if appendonly != "yes":
+        return f"appendonly {appendonly or 'unknown'}"
+    return f"appendfsync {appendfsync or 'unknown'}"
+
+
+class RedisLink:
+    def __init__(
+        self,
+        config: RedisConfig,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.keys = Keys(config.prefix)
+        self.metrics = metrics
+        self.clock = clock
+        # A command that takes longer than this counts as Redis not answering; it must
+        # stay well below node_timeout so that a stuck Redis is noticed in time to renew.
+        self.timeout = max(0.2, min(2.0, config.node_timeout / 4))
+        # Any: redis-py's replies are typed as unions of every reply shape; the code that
+        # reads them knows the shape of its own commands.
+        self.client: Any = aioredis.Redis.from_url(
+            config.url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+            redis_connect_func=self._on_connect,
+        )
+        self.up = False
+        self.reason = "not connected yet"
+        self.run_id: str | None = None
+        # Loop time since when this node has reached Redis without a break (None: not
+        # now). The reaper ends other nodes only after node_timeout of it: after an
+        # outage every node must have had that long to renew its lease.
+        self.healthy_since: float | None = None
+        self._warned = False
+        self._on_restart: list[Callable[[], None]] = []
+        self.say = self.client.register_script(scripts.SAY)
+        self.position = self.client.register_script(scripts.POSITION)
+        self.hello = self.client.register_script(scripts.HELLO)
+        self.end = self.client.register_script(scripts.END)
+        self.reap = self.client.register_script(scripts.REAP)
+        self.renew = self.client.register_script(scripts.RENEW)
+        self.register = self.client.register_script(scripts.REGISTER)
+        self.enter = self.client.register_script(scripts.ENTER)
+        self.exit = self.client.register_script(scripts.EXIT)
+
+    def on_restart(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when Redis turns out to be another process than before."""
+        self._on_restart.append(callback)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # ------------------------------------------------------------ calls
+
+    async def run(self, call: Awaitable[_T]) -> _T:
+        """Await one Redis call; connection trouble becomes `BackendUnavailable`."""
+        try:
+            return await call
+        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+            raise self.failed(err) from None
+        except ResponseError as err:
+            if str(err).startswith(_TRANSIENT):
+                raise self.failed(err) from None
+            raise
+
+    def failed(self, err: BaseException) -> BackendUnavailable:
+        """Mark the link down; the error to raise to the request that found out."""
+        reason = _describe(err)
+        if self.up:
+            logger.warning("redis unreachable at %s: %s", self.config.url, reason)
+        self.up = False
+        self.reason = f"redis unreachable: {reason}"
+        self.healthy_since = None
+        self.metrics.redis_up.set(0)
+        return BackendUnavailable("the server cannot reach its database; retry", RETRY_AFTER)
+
+    def reached(self) -> bool:
+        """Note a successful round trip; True when it ends an outage."""
+        if self.up:
+            return False
+        self.up = True
+        self.reason = "ok"
+        self.healthy_since = self.clock()
+        self.metrics.redis_up.set(1)
+        self.metrics.redis_reconnects.inc()
+        logger.info("redis reachable at %s", self.config.url)
+        return True
+
+    def stalled(self) -> None:
+        """This process did not run for a while: it cannot vouch for what it missed."""
+        if self.healthy_since is not None:
+            self.healthy_since = self.clock()
+
+    async def ping(self) -> None:
+        await self.run(self.client.ping())
+
+    async def script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self.run(script(keys=keys, args=args))
+
+    # ------------------------------------------------------------ connect hook
+
+    async def _on_connect(self, conn: RedisConnection) -> None:
+        """Runs on every new connection before it carries anything (redis-py's hook).
+
+        It reads which Redis process this is and how durable it is, and moves the
+        service's generation on after a restart that may have lost writes, before any
+        command of ours reaches the restarted process.
+        """
+        await conn.on_connect()
+        info = await _command(conn, "INFO", "server")
+        run_id = _info_field(info, "run_id")
+        appendonly = appendfsync = None
+        try:
+            config = await _command(conn, "CONFIG", "GET", "append*")
+            if not isinstance(config, dict):  # RESP2 gives a flat list
+                config = dict(zip(config[::2], config[1::2], strict=False))
+            pairs = {_text(name): _text(value) for name, value in config.items()}
+            appendonly = pairs.get("appendonly")
+            appendfsync = pairs.get("appendfsync")
+        except ResponseError:
+            pass  # CONFIG may be disabled (managed Redis): assume the weaker case
+        weak = not durable(appendonly, appendfsync)
+        if weak and not self._warned:
+            self._warned = True
+            logger.warning(
+                "redis persistence is weaker than appendonly yes + appendfsync always "
+                "(%s): acknowledged messages can be lost if Redis stops, and rooms then "
+                "start a new epoch",
+                weakness(appendonly, appendfsync),
+            )
+        keys = self.keys
+        await _command(
+            conn, "EVAL", scripts.BOOT, 2, keys.boot, keys.generation, run_id or "",
+            "1" if weak else "0",
+        )
+        if run_id is not None and run_id != self.run_id:
+            restarted = self.run_id is not None
+            self.run_id = run_id
+            if restarted:
+                logger.warning("redis restarted (run_id %s)", run_id)
+                if self.healthy_since is not None:
+                    self.healthy_since = self.clock()
+                for callback in self._on_restart:
+                    callback()
+
+
+async def _command(conn: RedisConnection, *args: Any) -> Any:
+    await conn.send_command(*args)
+    reply = await conn.read_response()
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+def _info_field(info: Any, name: str) -> str | None:
+    if isinstance(info, dict):
+        value = info.get(name)
+        return None if value is None else str(value)
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:200]
+
+
+__all__ = ["RETRY_AFTER", "RedisError", "RedisLink", "durable", "weakness"]

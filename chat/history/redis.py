@@ -1,0 +1,168 @@
+"""The Redis history backend: each room's messages in a stream that every node shares.
+
+One Lua script per `say` (chat.cluster.scripts.SAY) looks up the cid, takes the room's
+next id, appends to the stream trimmed to `history.retain`, records the cid and
+publishes, atomically: ids are consecutive cluster-wide and publish order is id order.
+The ack is sent once Redis has executed the script; delivery to members happens on every
+node through the room's feed (chat.cluster.redis_cluster), not here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import orjson
+
+from chat.cluster.redis_link import RedisLink
+from chat.history import Message, Page, Replay, Stored, announce, plan_replay
+
+
+def _frame_parts(room: str, nick: str, text: str, ts: int, cid: str | None) -> tuple[bytes, bytes]:
+    """The `message` frame around its id, byte for byte as `Message.frame()` encodes."""
+    dumps = orjson.dumps
+    head = b'{"type":"message","room":' + dumps(room) + b',"id":'
+    tail = (
+        b',"nick":' + dumps(nick) + b',"text":' + dumps(text) + b',"ts":' + str(ts).encode()
+        + b',"cid":' + dumps(cid) + b"}"
+    )
+    return head, tail
+
+
+def _message(frame: bytes) -> Message:
+    obj = orjson.loads(frame)
+    return Message(obj["room"], obj["id"], obj["nick"], obj["text"], obj["ts"], obj["cid"])
+
+
+def _entries(entries: list[Any]) -> list[Message]:
+    """Messages from XRANGE entries: [(id, {b'f': frame, ...}), ...]."""
+    return [_message(fields[b"f"]) for _, fields in entries]
+
+
+class RedisHistory:
+    def __init__(self, link: RedisLink, retain: int, on_commit: Any = None) -> None:
+        self.link = link
+        self.keys = link.keys
+        self._retain = retain
+        self._on_commit = on_commit
+
+    async def open(self) -> None:
+        pass  # the cluster connects; a node starts even while Redis is away
+
+    async def close(self) -> None:
+        pass
+
+    async def check(self) -> str:
+        if not self.link.up:
+            return self.link.reason
+        try:
+            await self.link.ping()
+        except Exception as err:  # a probe reports, it does not crash
+            return str(err)
+        return "ok"
+
+    async def append(
+        self,
+        room: str,
+        nick: str,
+        key: str,
+        text: str,
+        cid: str | None,
+        ts: int,
+        stored: Stored | None = None,
+    ) -> tuple[Message, bool]:
+        keys = self.keys
+        head, tail = _frame_parts(room, nick, text, ts, cid)
+        started = time.perf_counter()
+        created, msg_id, _epoch, frame = await self.link.script(
+            self.link.say,
+            [keys.meta(room), keys.log(room), keys.cids(room), keys.generation, keys.rooms],
+            [key, cid or "", head, tail, self._retain, secrets.token_hex(8), keys.room(room), room],
+        )
+        if self._on_commit is not None:
+            self._on_commit(1, time.perf_counter() - started)
+        if created:
+            message = Message(room, int(msg_id), nick, text, ts, cid)
+        else:
+            message = _message(frame)
+        answer = (message, bool(created))
+        announce(stored, *answer)
+        return answer
+
+    async def find(self, room: str, key: str, cid: str) -> Message | None:
+        client = self.link.client
+        found = await self.link.run(client.hget(self.keys.cids(room), f"{key}\0{cid}"))
+        if found is None:
+            return None
+        msg_id = int(found)
+        entries = await self.link.run(
+            client.xrange(self.keys.log(room), f"{msg_id}-0", f"{msg_id}-0")
+        )
+        messages = _entries(entries)
+        return messages[0] if messages else None
+
+    async def position(self, room: str) -> tuple[str, int, int]:
+        """(epoch, newest id given, oldest id stored) of a room; rotates a stale epoch."""
+        keys = self.keys
+        epoch, last, first = await self.link.script(
+            self.link.position,
+            [keys.meta(room), keys.log(room), keys.generation],
+            [secrets.token_hex(8)],
+        )
+        return epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(last), int(first)
+
+    async def frames(self, room: str, after: int, count: int) -> list[tuple[int, bytes]]:
+        """(id, frame) of the first `count` stored messages with id > after: a backfill."""
+        entries = await self.link.run(
+            self.link.client.xrange(self.keys.log(room), f"{after + 1}-0", "+", count=count)
+        )
+        return [(int(entry_id.split(b"-", 1)[0]), fields[b"f"]) for entry_id, fields in entries]
+
+    async def replay(
+        self, room: str, since: int | None, client_epoch: str | None, replay: int
+    ) -> Replay:
+        epoch, last, first = await self.position(room)
+        plan = plan_replay(since, client_epoch, epoch, first, last, replay)
+        client = self.link.client
+        log = self.keys.log(room)
+        if plan.newest is None:
+            entries = await self.link.run(client.xrange(log, f"{plan.after + 1}-0", "+"))
+            messages = _entries(entries)
+        elif plan.newest == 0:
+            messages = []
+        else:
+            entries = await self.link.run(
+                client.xrevrange(log, "+", f"{plan.after + 1}-0", count=plan.newest)
+            )
+            messages = _entries(entries)[::-1]
+        # The stream may have grown since `position`: the replay holds what it read.
+        newest = max(last, messages[-1].id if messages else 0)
+        return Replay(epoch, messages, plan.complete, newest)
+
+    async def page(self, room: str, before: int | None, limit: int) -> Page:
+        top = "+" if before is None else f"({max(before, 1)}-0"
+        if before is not None and before <= 1:
+            return Page([], False)
+        entries = await self.link.run(
+            self.link.client.xrevrange(self.keys.log(room), top, "-", count=limit + 1)
+        )
+        messages = _entries(entries[:limit])[::-1]
+        return Page(messages, len(entries) > limit)
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with stored messages, with its newest id (used by tests and tools)."""
+        client = self.link.client
+        names = [
+            name.decode() for name in await self.link.run(client.zrange(self.keys.rooms, 0, -1))
+        ]
+        lasts = await self.lasts(names)
+        return {name: last for name, last in zip(names, lasts, strict=True) if last}
+
+    async def lasts(self, names: list[str]) -> list[int]:
+        if not names:
+            return []
+        pipe = self.link.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(self.keys.meta(name), "last")
+        return [int(value or 0) for value in await self.link.run(pipe.execute())]
