@@ -60,6 +60,8 @@ def setup(level: str, kind: str = "text") -> None:
     handler.setFormatter(formatter(kind))
     root.addHandler(handler)
     root.setLevel(level)
+    # Python's warnings would otherwise be written to stderr as bare text lines.
+    logging.captureWarnings(True)
 
 
 def use_format(kind: str) -> None:
