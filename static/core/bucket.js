@@ -39,7 +39,8 @@ export class TokenBucket {
   /** ms until a token is there (0: now). */
   delay(now) {
     this.refill(now);
-    return this.tokens >= 1 ? 0 : ((1 - this.tokens) / this.rate) * 1000;
+    // Whole ms, rounded up: a wait that rounds away to nothing would never refill.
+    return this.tokens >= 1 ? 0 : Math.max(1, Math.ceil(((1 - this.tokens) / this.rate) * 1000));
   }
 
   take(now) {
