@@ -11,8 +11,8 @@ const MAX_EXPONENT = 16;
  * full jitter, so that the clients of a restarted server do not all come back at once.
  */
 export function backoffDelay(attempt, random, base = BACKOFF_BASE, cap = BACKOFF_CAP) {
-  const window = Math.min(cap, base * 2 ** Math.min(attempt, MAX_EXPONENT));
-  return random() * window * 1000;
+  const span = Math.min(cap, base * 2 ** Math.min(attempt, MAX_EXPONENT));
+  return random() * span * 1000;
 }
 
 /** After a close with 1001 the server is restarting: back soon, but not all at once. */
