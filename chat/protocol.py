@@ -106,6 +106,7 @@ class Invalid:
     message: str
     ref: str | None
     retry_after: float | None = None
+    kind: str | None = None  # the frame's `type`, when it had a string one
 
 
 ClientEvent = Hello | Join | Leave | Say | Typing | HistoryRequest | Ping | LegacyPing
@@ -205,11 +206,11 @@ def parse(text: str) -> ClientEvent | Invalid:
     if not isinstance(kind, str):
         return Invalid("bad_request", "'type' must be a string", _ref(obj))
     if kind not in _KINDS:
-        return Invalid("unknown_type", f"unknown type {kind[:40]!r}", _ref(obj))
+        return Invalid("unknown_type", f"unknown type {kind[:40]!r}", _ref(obj), kind=kind)
     try:
         return _build(kind, obj)
     except _BadField as err:
-        return Invalid("bad_request", err.message, _ref(obj))
+        return Invalid("bad_request", err.message, _ref(obj), kind=kind)
 
 
 # --------------------------------------------------------------------------- rules

@@ -158,10 +158,15 @@ async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]
 
 
 async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
+    if conn.session is None and not isinstance(request, protocol.Hello):
+        # Before hello every type but hello and ping gets hello_required, unknown and
+        # ill-formed ones included; a frame with no string type keeps its own error.
+        if not isinstance(request, Invalid):
+            return Invalid("hello_required", "say hello first", None)
+        if request.kind not in (None, "hello", "ping"):
+            return Invalid("hello_required", "say hello first", request.ref)
     if isinstance(request, Invalid):
         return request
-    if conn.session is None and not isinstance(request, protocol.Hello):
-        return Invalid("hello_required", "say hello first", None)
     match request:
         case protocol.Hello():
             return hub.hello(conn, request)

@@ -271,6 +271,20 @@ async def test_history_needs_join(connect: Connect) -> None:
         await alice.next_is("error", code="not_joined", ref=kind)
 
 
+async def test_leave_of_a_room_not_joined_is_answered_left(connect: Connect) -> None:
+    """leave works for any room: a room the session is not in is answered left too."""
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await bob.join("lobby")
+    await alice.send({"type": "leave", "room": "lobby"})
+    await alice.next_is("left", room="lobby")
+    await alice.send({"type": "leave", "room": "nowhere"})
+    await alice.next_is("left", room="nowhere")
+    await alice.join("lobby")
+    # No presence leave for a session that was not a member: the join comes first.
+    await bob.next_is("presence", event="join", nick="alice")
+
+
 async def test_api_rooms(connect: Connect, client: Any) -> None:
     """/api/rooms lists rooms with members or stored messages, with last_id."""
     alice = await connect("alice")
