@@ -77,6 +77,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     hub.register(conn)
     try:
         await ws.prepare(request)
+    except ConnectionError:
+        # The client gave up during the upgrade: nothing went wrong on our side. Drop the
+        # socket so aiohttp's own reply fails quietly too (it logs that at DEBUG).
+        hub.release(conn)
+        logger.info("client %s went away during the upgrade", address)
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response()
     except BaseException:
         hub.release(conn)
         raise
