@@ -119,6 +119,19 @@ async def test_malformed_frames_get_errors(client: Client, raw: str, code: str) 
     await assert_still_serves(client)
 
 
+@pytest.mark.parametrize("kind", ["ping", "say", "hello"])
+async def test_deeply_nested_frame_is_bad_json(client: Client, kind: str) -> None:
+    """A frame nested 255 deep (a ping's t 254 deep) gets bad_json, ref null; pings go on."""
+    peer = await connect(client, "alice")
+    await peer.join("lobby")
+    t = "[" * 254 + "]" * 254
+    error = await error_for(peer, f'{{"type": "{kind}", "room": "lobby", "t": {t}}}')
+    assert (error["code"], error["ref"]) == ("bad_json", None)
+    await peer.send({"type": "ping", "t": "still"})
+    await peer.next_is("pong", t="still")
+    await assert_still_serves(client)
+
+
 async def test_requests_before_hello(client: Client) -> None:
     """Before hello every request but ping and the legacy heartbeat gets hello_required."""
     peer = await connect(client)
