@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import orjson
 
+from chat.ignorable import default_ignorable
+
 VERSION: Final = 1
 LEGACY_HEARTBEAT: Final = "~h#c~"
 LEGACY_HEARTBEAT_BYTES: Final = LEGACY_HEARTBEAT.encode()
@@ -255,7 +257,9 @@ def normalize_nick(raw: str) -> str | None:
     for ch in nick:
         if ch in _NICK_EXTRA:
             continue
-        if unicodedata.category(ch)[0] not in "LN":
+        # Some letters show as nothing (the Hangul fillers are Lo): such a nick would
+        # look like another one.
+        if unicodedata.category(ch)[0] not in "LN" or default_ignorable(ch):
             return None
     return nick
 

@@ -185,7 +185,9 @@ async def test_oversize_frame_closes_1009(client: Client, size: int) -> None:
 @pytest.mark.parametrize(
     "nick",
     ["x" * 10_000, "x" * 33, "", " ", "ali ce", "ali\x00ce", "bob\n", "eve\x1b[31m",
-     "zero\u200bwidth", "rtl\u202eevil", "<script>", "a/b", "😀"],
+     "zero\u200bwidth", "rtl\u202eevil", "<script>", "a/b", "😀",
+     # Hangul fillers are letters (Lo) that show as nothing: Default_Ignorable.
+     "\u3164", "\u3164\u3164", "ali\u115fce", "\uffa0bob", "bob\u1160"],
 )
 async def test_invalid_nicks_refused(client: Client, nick: str) -> None:
     """Huge nicks and nicks with spaces, controls or symbols get nick_invalid; retry works."""
