@@ -78,6 +78,7 @@ class Hub:
         self.nicks: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.buckets: dict[Connection, TokenBucket] = {}
+        self.join_buckets: dict[Connection, TokenBucket] = {}  # `join` and `leave`
         self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
         self._empty = asyncio.Event()
@@ -114,6 +115,7 @@ class Hub:
         if not self.connections:
             self._empty.set()
         self.buckets.pop(conn, None)
+        self.join_buckets.pop(conn, None)
         self.metrics.connections.dec()
         self._drop_delivery(conn)
         session = conn.session
@@ -231,6 +233,11 @@ class Hub:
                 "frame": limits.max_frame,
                 "rooms": limits.max_rooms,
                 "rate": {"messages": rate.messages, "per": rate.per, "burst": rate.burst},
+                "join_rate": {
+                    "messages": limits.join_rate.messages,
+                    "per": limits.join_rate.per,
+                    "burst": limits.join_rate.burst,
+                },
             },
         }))
         return None
@@ -247,6 +254,8 @@ class Hub:
     async def join(self, conn: Connection, event: protocol.Join) -> Outcome:
         session = conn.session
         assert session is not None
+        if (limited := self._join_limited(conn)) is not None:
+            return limited
         name = event.room
         if not protocol.valid_room(name):
             return ROOM_INVALID
@@ -292,6 +301,8 @@ class Hub:
     def leave(self, conn: Connection, event: protocol.Leave) -> Outcome:
         session = conn.session
         assert session is not None
+        if (limited := self._join_limited(conn)) is not None:
+            return limited
         name = event.room
         if not protocol.valid_room(name):
             return ROOM_INVALID
@@ -367,6 +378,21 @@ class Hub:
                 rate.messages, rate.per, rate.burst, self.clock()
             )
         return bucket
+
+    def _join_limited(self, conn: Connection) -> Invalid | None:
+        """Spend a token of the connection's `join`/`leave` bucket (limits.join_rate)."""
+        now = self.clock()
+        bucket = self.join_buckets.get(conn)
+        if bucket is None:
+            rate = self.config.limits.join_rate
+            bucket = self.join_buckets[conn] = TokenBucket.full(
+                rate.messages, rate.per, rate.burst, now
+            )
+        retry_after = bucket.take(now)
+        if retry_after > 0:
+            return Invalid("rate_limited", "too many joins and leaves; slow down", None,
+                           retry_after=retry_after)
+        return None
 
     def typing(self, conn: Connection, event: protocol.Typing) -> Outcome:
         session = conn.session

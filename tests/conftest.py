@@ -26,7 +26,10 @@ FAST: dict[str, Any] = {
     "history": {"backend": "memory"},
     "server": {"shutdown_timeout": 2},
     # Tests that are not about rate limits send faster than a person types.
-    "limits": {"rate": {"messages": 10000, "per": 1, "burst": 10000}},
+    "limits": {
+        "rate": {"messages": 10000, "per": 1, "burst": 10000},
+        "join_rate": {"messages": 10000, "per": 1, "burst": 10000},
+    },
 }
 
 

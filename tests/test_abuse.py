@@ -304,6 +304,34 @@ async def test_say_flood_ends_with_1008(aiohttp_client: Any) -> None:
     await assert_still_serves(client)
 
 
+async def test_join_leave_flood_rate_limited(aiohttp_client: Any) -> None:
+    """Past limits.join_rate's burst, join and leave get rate_limited with retry_after."""
+    client = await app_client(
+        aiohttp_client, {"limits": {"join_rate": {"messages": 2, "per": 1, "burst": 4}}}
+    )
+    peer = await connect(client, "alice")
+    watcher = await connect(client, "watcher")
+    await watcher.join("lobby")
+    hub = client.app[HUB]
+    now = hub.clock()
+    hub.clock = lambda: now  # no refill while the flood is read
+    for _ in range(2):
+        await peer.join("lobby")
+        await peer.send({"type": "leave", "room": "lobby"})
+        await peer.next_is("left", room="lobby")
+    for frame in ({"type": "join", "room": "lobby"}, {"type": "leave", "room": "lobby"}):
+        error = await error_for(peer, frame)
+        assert (error["code"], error["ref"]) == ("rate_limited", frame["type"])
+        assert 0 < error["retry_after"] <= 0.5 + 1e-9
+    # The watcher saw two joins and two leaves, and nothing of the refused ones.
+    events = [(await watcher.next_is("presence"))["event"] for _ in range(4)]
+    assert events == ["join", "leave", "join", "leave"]
+    hub.clock = lambda: now + 0.5
+    await peer.join("lobby")
+    await watcher.next_is("presence", event="join", nick="alice")
+    await assert_still_serves(client)
+
+
 async def test_typing_flood_relays_one_per_second(client: Client) -> None:
     """Of a flood of typing, one a second is relayed; the rest are dropped silently."""
     hub = client.app[HUB]
