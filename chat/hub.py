@@ -27,6 +27,7 @@ from chat.ratelimit import TokenBucket
 logger = logging.getLogger(__name__)
 
 TYPING_EVERY: Final = 1.0  # s: at most one relayed `typing` per connection and room
+ROOMS_PAGE_MAX: Final = 1000  # rooms in one page of /api/rooms (and its default)
 
 
 class Dropped:
@@ -424,16 +425,22 @@ class Hub:
 
     # ------------------------------------------------------------ views
 
-    async def room_list(self) -> list[dict[str, Any]]:
-        stored = await self.store.rooms()
-        names = set(stored) | {name for name, room in self.rooms.items() if room.members}
+    async def room_list(
+        self, after: str | None = None, limit: int = ROOMS_PAGE_MAX
+    ) -> list[dict[str, Any]]:
+        """One page of /api/rooms: at most `limit` rooms whose names sort after `after`."""
+        stored = await self.store.rooms(after, limit)
+        live = [name for name, room in self.rooms.items()
+                if room.members and (after is None or name > after)]
+        # The first `limit` of the union are among the first `limit` of each part.
+        names = sorted(set(stored).union(live))[:limit]
         return [
             {
                 "room": name,
                 "members": len(self.rooms[name].members) if name in self.rooms else 0,
                 "last_id": stored.get(name, 0),
             }
-            for name in sorted(names)
+            for name in names
         ]
 
 

@@ -377,6 +377,18 @@ async def test_rooms_lists_last_ids(new_store: NewStore) -> None:
     assert await within(store.rooms()) == {"a": 3, "b": 1}
 
 
+async def test_rooms_pages_by_name(new_store: NewStore) -> None:
+    """rooms(after, limit) holds at most `limit` rooms whose names sort after `after`."""
+    store = await new_store()
+    for room in ("d", "b", "a-1", "c", "a"):
+        await fill(store, room, 1)
+    assert list(await within(store.rooms())) == ["a", "a-1", "b", "c", "d"]
+    assert await within(store.rooms(None, 2)) == {"a": 1, "a-1": 1}
+    assert list(await within(store.rooms("a-1", 2))) == ["b", "c"]
+    assert list(await within(store.rooms("bz", 10))) == ["c", "d"]
+    assert await within(store.rooms("d", 10)) == {}
+
+
 async def test_check_ok(new_store: NewStore) -> None:
     """check() answers ok on an open store."""
     store = await new_store()

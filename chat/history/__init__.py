@@ -149,5 +149,8 @@ class HistoryStore(Protocol):
 
     async def page(self, room: str, before: int | None, limit: int) -> Page: ...
 
-    async def rooms(self) -> dict[str, int]:
-        """Every room with stored messages, with its newest id."""
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> dict[str, int]:
+        """Rooms with stored messages and their newest ids, in name order.
+
+        Only names that sort after `after` (when given), and at most `limit` of them.
+        """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -98,6 +99,11 @@ class MemoryHistory:
         start = max(0, end - limit)
         return Page(list(islice(state.messages, start, end)), start > 0)
 
-    async def rooms(self) -> dict[str, int]:
-        return {name: state.last_id for name, state in self._rooms.items() if state.last_id}
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> dict[str, int]:
+        names = (
+            name for name, state in self._rooms.items()
+            if state.last_id and (after is None or name > after)
+        )
+        chosen = sorted(names) if limit is None else heapq.nsmallest(limit, names)
+        return {name: self._rooms[name].last_id for name in chosen}
 

@@ -417,8 +417,14 @@ class _Database:
         kept.reverse()
         return Page([_message(r) for r in kept], more)
 
-    def rooms(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT room, last_id FROM rooms WHERE last_id > 0").fetchall()
+    def rooms(self, after: str | None, limit: int | None) -> dict[str, int]:
+        # A range of the primary key: a page costs the same however many rooms exist.
+        # Both sides compare names by code point (SQLite's BINARY collation of UTF-8).
+        rows = self.conn.execute(
+            "SELECT room, last_id FROM rooms WHERE room > ? AND last_id > 0 ORDER BY room"
+            " LIMIT ?",
+            ("" if after is None else after, -1 if limit is None else limit),
+        ).fetchall()
         return {str(room): int(last_id) for room, last_id in rows}
 
 
@@ -561,8 +567,8 @@ class SqliteHistory:
     async def page(self, room: str, before: int | None, limit: int) -> Page:
         return await self._read(self._db.page, room, before, limit)
 
-    async def rooms(self) -> dict[str, int]:
-        return await self._read(self._db.rooms)
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> dict[str, int]:
+        return await self._read(self._db.rooms, after, limit)
 
     # ----------------------------------------------------------------- the database thread
 
