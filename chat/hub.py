@@ -278,8 +278,9 @@ class Hub:
         conn.rooms.add(name)
         room.receivers.add(conn)
         try:
+            history = self.config.history
             replay = await self.store.replay(
-                name, event.since, event.epoch, self.config.history.replay
+                name, event.since, event.epoch, history.replay, history.recover
             )
         finally:
             held = conn.pending.pop(name, [])

@@ -81,13 +81,14 @@ class MemoryHistory:
         return None if state is None else state.by_cid.get((key, cid))
 
     async def replay(
-        self, room: str, since: int | None, client_epoch: str | None, replay: int
+        self, room: str, since: int | None, client_epoch: str | None, replay: int, recover: int
     ) -> Replay:
         state = self._rooms.get(room) or _Room()
-        plan = plan_replay(since, client_epoch, self.epoch, state.first_id, state.last_id, replay)
+        plan = plan_replay(
+            since, client_epoch, self.epoch, state.first_id, state.last_id, replay, recover
+        )
         start = state.at(plan.after + 1)
-        if plan.newest is not None:
-            start = max(start, len(state.messages) - plan.newest)
+        start = max(start, len(state.messages) - plan.newest)
         messages = list(islice(state.messages, start, None))
         return Replay(self.epoch, messages, plan.complete, state.last_id)
 

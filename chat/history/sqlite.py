@@ -383,25 +383,21 @@ class _Database:
     def find(self, room: str, key: str, cid: str) -> Message | None:
         return self._find(room, key, cid)
 
-    def replay(self, room: str, since: int | None, client_epoch: str | None, count: int) -> Replay:
+    def replay(
+        self, room: str, since: int | None, client_epoch: str | None, count: int, recover: int
+    ) -> Replay:
         conn = self.conn
         row = conn.execute("SELECT last_id FROM rooms WHERE room = ?", (room,)).fetchone()
         last_id = 0 if row is None else int(row[0])
         (first,) = conn.execute("SELECT MIN(id) FROM messages WHERE room = ?", (room,)).fetchone()
         first_id = last_id + 1 if first is None else int(first)
-        plan = plan_replay(since, client_epoch, self.epoch, first_id, last_id, count)
-        if plan.newest is None:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id > ? ORDER BY id",
-                (room, plan.after),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id > ?"
-                " ORDER BY id DESC LIMIT ?",
-                (room, plan.after, plan.newest),
-            ).fetchall()
-            rows.reverse()
+        plan = plan_replay(since, client_epoch, self.epoch, first_id, last_id, count, recover)
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id > ?"
+            " ORDER BY id DESC LIMIT ?",
+            (room, plan.after, plan.newest),
+        ).fetchall()
+        rows.reverse()
         return Replay(self.epoch, [_message(r) for r in rows], plan.complete, last_id)
 
     def page(self, room: str, before: int | None, limit: int) -> Page:
@@ -560,9 +556,9 @@ class SqliteHistory:
         return await self._read(self._db.find, room, key, cid)
 
     async def replay(
-        self, room: str, since: int | None, client_epoch: str | None, replay: int
+        self, room: str, since: int | None, client_epoch: str | None, replay: int, recover: int
     ) -> Replay:
-        return await self._read(self._db.replay, room, since, client_epoch, replay)
+        return await self._read(self._db.replay, room, since, client_epoch, replay, recover)
 
     async def page(self, room: str, before: int | None, limit: int) -> Page:
         return await self._read(self._db.page, room, before, limit)
