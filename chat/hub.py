@@ -294,10 +294,10 @@ class Hub:
             "members": members,
             "messages": [message.frame() for message in replay.messages],
             "complete": replay.complete,
-        }))
+        }), exempt=True)
         for msg_id, data in held:
             if msg_id is None or msg_id > replay.last_id:
-                conn.send(data)
+                conn.send(data, exempt=True)
         return None
 
     def leave(self, conn: Connection, event: protocol.Leave) -> Outcome:
