@@ -247,6 +247,14 @@ class _Database:
     def check(self) -> None:
         self.conn.execute("SELECT 1").fetchone()
 
+    def probe(self) -> None:
+        """A tiny write, committed: whether the file takes commits again."""
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('probe', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(time.time()),),
+        )
+
     def round(
         self, batch: Sequence[_Append], reads: Sequence[Callable[[], Any]]
     ) -> tuple[list[tuple[Message, bool]] | Exception, float, list[Any]]:
@@ -448,6 +456,8 @@ class SqliteHistory:
         self.retain = retain
         self.epoch = ""  # known once open
         self.commits = 0  # batches committed (for tests and the benchmark)
+        # Why the last commit failed, until one succeeds again: readiness reports it.
+        self._write_error: str | None = None
         # Told (messages, seconds) of every commit, on the loop: the app's metrics.
         self._on_commit = on_commit
         self._db = _Database(path, retain)
@@ -507,14 +517,22 @@ class SqliteHistory:
             return "stopped"
         if self._closing:
             return "closing"
+        # Reading works on a full disk or a read-only file; only a write tells whether
+        # commits work again, so after a failed commit the check probes with one.
+        failed = self._write_error
         try:
-            await asyncio.wait_for(self._read(self._db.check), CHECK_TIMEOUT)
+            await asyncio.wait_for(
+                self._read(self._db.check if failed is None else self._db.probe), CHECK_TIMEOUT
+            )
         except TimeoutError:
             return f"no answer within {CHECK_TIMEOUT:g} s"
         except sqlite3.Error as err:
-            return str(err) or type(err).__name__
+            reason = str(err) or type(err).__name__
+            return reason if failed is None else f"cannot commit: {reason}"
         except RuntimeError:  # closed or stopped meanwhile
             return "stopped"
+        if failed is not None and self._write_error == failed:
+            self._write_error = None  # the probe committed: so will the next batch
         return "ok"
 
     def _queue(self, append: _QueuedAppend | None, read: _QueuedRead | None) -> None:
@@ -645,8 +663,10 @@ class SqliteHistory:
             # Nothing of the batch is stored; every sender hears of it (the hub closes
             # those connections with 1011 and their clients re-send by cid).
             logger.error("storing %d message(s) in %s failed: %s", len(appends), self.path, written)
+            self._write_error = str(written) or type(written).__name__
             _fail(appends, written)
         elif appends:
+            self._write_error = None
             self.commits += 1
             if self._on_commit is not None:
                 self._on_commit(len(appends), took)
