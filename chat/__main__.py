@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from chat import auth, protocol
+from chat import auth, protocol, server
 from chat.app import create_app
 from chat.config import Config, ConfigError, load_config
 from chat.history import HistoryOpenError
@@ -78,8 +78,10 @@ async def serve(app: web.Application, config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server.prepare_process(loop)
     # Half the budget for closing WebSockets (on_shutdown), half for the rest.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2,
+                           **server.handler_options(config))
     try:
         await runner.setup()  # opens the history store
     except HistoryOpenError as err:
