@@ -175,3 +175,17 @@ async def test_slow_headers_under_a_low_open_file_limit(tmp_path: Path) -> None:
     assert max(lifetimes) < DEADLINE
     assert "Traceback" not in errors
     assert errors.count("cannot accept connections") <= 2, errors[-2000:]
+
+
+def test_open_file_limit_raised_to_hard_limit(tmp_path: Path) -> None:
+    """At start the server raises its soft open-file limit to the hard one, and says so."""
+    config = write_config(tmp_path, {"history": {"backend": "memory"}})
+    server = ServerProcess("--config", str(config), cwd=tmp_path)
+    server.argv = ["prlimit", f"--nofile={NOFILE}:{2 * NOFILE}", *server.argv]
+    with server:
+        assert server.proc is not None
+        limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+        line = server.wait_stderr("open-file limit")
+    assert f"INFO chat.server: open-file limit: {2 * NOFILE} (hard limit {2 * NOFILE})" in line
+    assert any(row.startswith("Max open files") and row.split()[3:5] == [str(2 * NOFILE)] * 2
+               for row in limits.splitlines())
