@@ -5,7 +5,8 @@
 Starts `python -m chat` (from DIR, default this checkout) with the memory backend,
 stores N large messages (8 KB each) in a room, then opens attackers that send
 hello, two joins (--joins) with since 0, and protocol pongs, and never read. Prints the
-server's RSS growth per attacker once it stops growing, and after they disconnect.
+server's RSS growth per attacker once it stops growing, and after they disconnect;
+then a second wave of attackers, which shows whether that memory is reused or grows.
 Run it against an older checkout (`git archive BASE | tar -x -C /tmp/base`) to compare.
 """
 
@@ -40,7 +41,9 @@ async def settle(pid: int, quiet: float = 1.0, limit: float = 10.0) -> int:
     return best
 
 
-async def attack(server: ServerProcess, attackers: int, stored: int, joins: int) -> None:
+async def attack(
+    server: ServerProcess, attackers: int, stored: int, joins: int, waves: int
+) -> None:
     assert server.proc is not None
     pid = server.proc.pid
     async with aiohttp.ClientSession() as http:
@@ -49,26 +52,31 @@ async def attack(server: ServerProcess, attackers: int, stored: int, joins: int)
         epoch = await fill(observer, stored)
         reading = asyncio.create_task(observer.quiet(3600))  # keep taking its frames
         baseline = await settle(pid)
-        socks = [await RawWebSocket.open(server.host, server.port, rcvbuf=4096)
-                 for _ in range(attackers)]
-        pongs = asyncio.create_task(keep_alive(socks, 0.1))
-        for n, sock in enumerate(socks):
-            sock.send({"type": "hello", "nick": f"attacker{n}"})
-        await asyncio.sleep(0.5)  # their welcomes are sent: the joins find empty queues
-        for sock in socks:
-            for _ in range(joins):
-                sock.send({"type": "join", "room": "big", "since": 0, "epoch": epoch})
-            # Staggered, so no attacker's presence reaches another's queue while that
-            # still holds its `joined`: a slow-consumer drop would end the attack early.
-            await asyncio.sleep(0.2)
-        held = await settle(pid) - baseline
-        print(f"baseline RSS {baseline / 1e6:.1f} MB; {attackers} attackers hold "
-              f"{held / 1e6:.1f} MB, {held / attackers / 1e6:.2f} MB each")
-        pongs.cancel()
-        for sock in socks:
-            sock.abort()
-        await asyncio.sleep(2)
-        print(f"after they go: {(rss(pid) - baseline) / 1e6:+.1f} MB over the baseline")
+        for wave in range(1, waves + 1):
+            socks = [await RawWebSocket.open(server.host, server.port, rcvbuf=4096)
+                     for _ in range(attackers)]
+            pongs = asyncio.create_task(keep_alive(socks, 0.1))
+            for n, sock in enumerate(socks):
+                sock.send({"type": "hello", "nick": f"attacker{n}"})
+            await asyncio.sleep(0.5)  # their welcomes are sent: the joins find empty queues
+            for sock in socks:
+                for _ in range(joins):
+                    sock.send({"type": "join", "room": "big", "since": 0, "epoch": epoch})
+                # Staggered, so no attacker's presence reaches another's queue while that
+                # still holds its `joined`: a slow-consumer drop would end the attack early.
+                await asyncio.sleep(0.2)
+            held = await settle(pid) - baseline
+            print(f"wave {wave}: baseline RSS {baseline / 1e6:.1f} MB; {attackers} attackers "
+                  f"hold {held / 1e6:.1f} MB over it, {held / attackers / 1e6:.2f} MB each")
+            pongs.cancel()
+            for sock in socks:
+                sock.abort()
+            await asyncio.sleep(2)
+            metrics = await (await http.get(server.url + "/metrics")).text()
+            left = next(line for line in metrics.splitlines()
+                        if line.startswith("chat_connections "))
+            print(f"wave {wave}: after they go, {(rss(pid) - baseline) / 1e6:+.1f} MB over the "
+                  f"baseline; {left}")
         reading.cancel()
         await observer.ws.close()
 
@@ -80,6 +88,10 @@ def main() -> None:
     parser.add_argument("--stored", type=int, default=1000)
     parser.add_argument("--recover", type=int, default=500)
     parser.add_argument("--joins", type=int, default=2, help="joins each attacker sends")
+    parser.add_argument("--waves", type=int, default=2,
+                        help="attacks one after the other (memory reused, or grown?)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the server (e.g. glibc malloc tuning)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp), {
@@ -89,9 +101,9 @@ def main() -> None:
             "limits": {"rate": {"messages": 100000, "per": 1, "burst": 100000},
                        "max_connections_per_ip": 1000},
         })
-        env = server_env(PYTHONPATH=args.src)
+        env = server_env(PYTHONPATH=args.src, **dict(e.split("=", 1) for e in args.env))
         with ServerProcess("--config", str(config), cwd=tmp, env=env) as server:
-            asyncio.run(attack(server, args.attackers, args.stored, args.joins))
+            asyncio.run(attack(server, args.attackers, args.stored, args.joins, args.waves))
             ends = server.stderr_text().count("code=4001")
             print(f"connections dropped as slow consumers (4001): {ends}")
 
