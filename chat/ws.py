@@ -167,6 +167,8 @@ async def _receive(
 
 def _crash(conn: Connection, doing: str) -> None:
     """An unexpected error on one connection: log it once and close that connection with 1011."""
+    if conn.close_code == Close.INTERNAL:
+        return  # the reader and the dispatcher both failed: one traceback is enough
     logger.exception("unexpected error %s on the connection from %s", doing, conn.remote)
     conn.close(Close.INTERNAL, "unexpected server error")
 
