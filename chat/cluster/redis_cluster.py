@@ -120,9 +120,10 @@ class RedisCluster:
             # Let a flush in progress finish: its sessions are ended exactly once.
             with contextlib.suppress(TimeoutError, BackendUnavailable):
                 await asyncio.wait_for(asyncio.shield(flusher), self.link.timeout * 2)
-        for task in self._tasks:
+        background = [*self._tasks, *self._syncs]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._syncs, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         # The connections are closed by now: end their sessions while Redis answers,
         # then give up the lease so that the others need not wait for it to run out.
         with contextlib.suppress(TimeoutError, BackendUnavailable):
@@ -136,8 +137,9 @@ class RedisCluster:
                 )
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-        await self.link.close()
+                await asyncio.wait_for(self._pubsub.aclose(), self.link.timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.link.close(), self.link.timeout)
 
     def check(self) -> str | None:
         if not self.link.up:
@@ -452,7 +454,7 @@ class RedisCluster:
                         future.cancel()
                 self._confirm.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), self.link.timeout)
             await asyncio.sleep(wait * (0.5 + random.random() / 2))
             wait = min(RECONNECT_MAX, wait * 2)
 
@@ -574,12 +576,17 @@ class RedisCluster:
             self.metrics.redis_gaps.inc()
             self._probe_sent = None
             if self._pubsub is not None:
-                self._spawn(self._pubsub.aclose())
+                self._spawn(self._drop_subscription(self._pubsub))
             return
         if self._probe_sent is None and self._listening.is_set():
             self._probe_sent = now
             self._probe_token = secrets.token_hex(4)
             self._spawn(self._publish_probe(b"Q " + self._probe_token.encode()))
+
+    async def _drop_subscription(self, pubsub: Any) -> None:
+        """Close a subscription that stopped answering; the listener makes a new one."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pubsub.aclose(), self.link.timeout)
 
     async def _publish_probe(self, data: bytes) -> None:
         with contextlib.suppress(BackendUnavailable):

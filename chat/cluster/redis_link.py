@@ -111,6 +111,15 @@ class RedisLink:
                 raise self.failed(err) from None
             raise
 
+    def reply(self, reply: Any) -> Any:
+        """One reply of a pipeline run with raise_on_error=False: an error reply becomes
+        the exception to raise for its command (`BackendUnavailable` when transient)."""
+        if isinstance(reply, ResponseError) and str(reply).startswith(_TRANSIENT):
+            return self.failed(reply)
+        if isinstance(reply, RedisConnectionError | RedisTimeoutError):
+            return self.failed(reply)
+        return reply
+
     def failed(self, err: BaseException) -> BackendUnavailable:
         """Mark the link down; the error to raise to the request that found out."""
         reason = _describe(err)
