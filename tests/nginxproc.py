@@ -12,24 +12,27 @@ binary fails the test (CI installs nginx), it is not a reason to skip.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
+import pytest
 
-from tests.conftest import merge
+from tests.conftest import Peer, merge
 from tests.redisproc import RedisServer, free_port
 from tests.serverproc import ServerProcess, write_config
 
 START_TIMEOUT: Final = 10.0  # s for nginx to accept connections
+WAIT: Final = 10.0  # s: the most any one wait of a client of a Deployment may take
 STOP_TIMEOUT: Final = 10.0
 
 # `{...}` are filled in by `render`; nginx's own braces are doubled.
@@ -302,3 +305,99 @@ class Deployment:
             assert match is not None, "chat_connections is missing from /metrics"
             counts.append(int(float(match.group(1))))
         return counts
+
+
+# ---------------------------------------------------------------- clients of a Deployment
+
+
+class Seen:
+    """Frames or events arriving in the background, and bounded waits on them."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+
+    async def add(self, item: dict[str, Any]) -> None:
+        async with self._changed:
+            self.items.append(item)
+            self._changed.notify_all()
+
+    def of(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            item for item in self.items
+            if item["type"] == kind and all(item.get(k) == v for k, v in fields.items())
+        ]
+
+    async def wait(self, kind: str, timeout: float = WAIT, **fields: Any) -> dict[str, Any]:
+        """The first item of `kind` with `fields`, waiting for it at most `timeout`."""
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: self.of(kind, **fields))
+        except TimeoutError:
+            pytest.fail(f"no {kind} {fields} within {timeout}s; seen: {self.items}")
+        return self.of(kind, **fields)[0]
+
+
+class Reader(Seen):
+    """Every frame a Peer receives, read in the background."""
+
+    def __init__(self, peer: Peer) -> None:
+        super().__init__()
+        self.peer = peer
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while not self.peer.ws.closed:
+            try:
+                await self.add(await self.peer.recv(timeout=3600))
+            except AssertionError:
+                return  # not a text frame: the connection is closing
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.peer.ws.close()
+
+
+async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Ask `check` (an HTTP probe) every 10 ms until it says yes; fail after WAIT."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                if await check():
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"not within {WAIT}s: {what}")
+
+
+async def landed(deployment: Deployment, http: aiohttp.ClientSession, before: list[int]) -> int:
+    """The index of the node that gained a connection since `before`."""
+    gained: list[int] = []
+
+    async def one_gained() -> bool:
+        now = await deployment.connections(http)
+        gained[:] = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if n > b]
+        return len(gained) == 1
+
+    await poll(one_gained, "a node with one more connection")
+    return gained[0]
+
+
+async def open_on(
+    deployment: Deployment, http: aiohttp.ClientSession, node: int, nick: str
+) -> Reader:
+    """A Peer that landed on node `node` through nginx and said hello as `nick`."""
+    for _ in range(10):
+        before = await deployment.connections(http)
+        peer = Peer(await http.ws_connect(deployment.proxy.ws_url, autoping=True))
+        if await landed(deployment, http, before) == node:
+            await peer.hello(nick)
+            return Reader(peer)
+        await peer.ws.close()
+
+        async def released(before: list[int] = before) -> bool:
+            return await deployment.connections(http) == before
+
+        await poll(released, "the connection on the wrong node released")
+    pytest.fail(f"nginx never sent a connection to node {node}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from chat.client import ChatClient
 from tests.conftest import Peer
-from tests.nginxproc import Deployment
+from tests.nginxproc import WAIT, Deployment, Reader, Seen, landed, open_on
 
 NODE_TIMEOUT: Final = 1.5
 CLEANUP: Final = 0.2
@@ -27,7 +27,6 @@ HEARTBEAT: Final = {"interval": 0.5, "timeout": 2}
 # A node's death is noticed within node_timeout + cleanup.interval (contract section 7);
 # this much more is allowed for a Redis round trip and pub/sub on a busy 2-core machine.
 SLACK: Final = 1.0
-WAIT: Final = 10.0  # s: the most any one wait below may take
 
 CONFIG: Final[dict[str, Any]] = {
     "redis": {"node_timeout": NODE_TIMEOUT},
@@ -48,99 +47,6 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-class Seen:
-    """Frames or events arriving in the background, and bounded waits on them."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self._changed = asyncio.Condition()
-
-    async def add(self, item: dict[str, Any]) -> None:
-        async with self._changed:
-            self.items.append(item)
-            self._changed.notify_all()
-
-    def of(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
-        return [
-            item for item in self.items
-            if item["type"] == kind and all(item.get(k) == v for k, v in fields.items())
-        ]
-
-    async def wait(self, kind: str, timeout: float = WAIT, **fields: Any) -> dict[str, Any]:
-        """The first item of `kind` with `fields`, waiting for it at most `timeout`."""
-        try:
-            async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(lambda: self.of(kind, **fields))
-        except TimeoutError:
-            pytest.fail(f"no {kind} {fields} within {timeout}s; seen: {self.items}")
-        return self.of(kind, **fields)[0]
-
-
-class Reader(Seen):
-    """Every frame a Peer receives, read in the background."""
-
-    def __init__(self, peer: Peer) -> None:
-        super().__init__()
-        self.peer = peer
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while not self.peer.ws.closed:
-            try:
-                await self.add(await self.peer.recv(timeout=3600))
-            except AssertionError:
-                return  # not a text frame: the connection is closing
-
-    async def close(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.peer.ws.close()
-
-
-async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Ask `check` (an HTTP probe) every 10 ms until it says yes; fail after WAIT."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        pytest.fail(f"not within {WAIT}s: {what}")
-
-
-async def landed(deployment: Deployment, http: aiohttp.ClientSession, before: list[int]) -> int:
-    """The index of the node that gained a connection since `before`."""
-    gained: list[int] = []
-
-    async def one_gained() -> bool:
-        now = await deployment.connections(http)
-        gained[:] = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if n > b]
-        return len(gained) == 1
-
-    await poll(one_gained, "a node with one more connection")
-    return gained[0]
-
-
-async def open_on(
-    deployment: Deployment, http: aiohttp.ClientSession, node: int, nick: str
-) -> Reader:
-    """A Peer that landed on node `node` through nginx and said hello as `nick`."""
-    for _ in range(10):
-        before = await deployment.connections(http)
-        peer = Peer(await http.ws_connect(deployment.proxy.ws_url, autoping=True))
-        if await landed(deployment, http, before) == node:
-            await peer.hello(nick)
-            return Reader(peer)
-        await peer.ws.close()
-
-        async def released(before: list[int] = before) -> bool:
-            return await deployment.connections(http) == before
-
-        await poll(released, "the connection on the wrong node released")
-    pytest.fail(f"nginx never sent a connection to node {node}")
 
 
 async def test_client_moves_to_the_surviving_node_without_loss_or_duplicates(
