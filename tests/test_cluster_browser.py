@@ -52,9 +52,9 @@ async def open_with_clock(browser: Browser, url: str) -> ChatPage:
     context.set_default_timeout(WAIT)
     page = await context.new_page()
     await page.clock.install()
-    chat = ChatPage(context, page)
-    chat.url = url
-    chat.response = await page.goto(url)
+    chat = ChatPage(context, page)  # listens for errors from the first script on
+    response = await page.goto(url)
+    assert response is not None and response.status == 200
     return chat
 
 
@@ -66,7 +66,6 @@ async def test_message_typed_while_reconnecting_after_a_node_kill_arrives_once(
         before = await deployment.connections(http)
         alice = await open_with_clock(browser, deployment.proxy.url + "/")
         try:
-            assert alice.response is not None and alice.response.status == 200
             await alice.sign_in("alice")
             doomed = await landed(deployment, http, before)
             bob = await open_on(deployment, http, 1 - doomed, "bob")
