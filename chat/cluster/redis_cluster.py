@@ -397,6 +397,9 @@ class RedisCluster:
             try:
                 self._pubsub = pubsub
                 channels = [self._node_channel, *(feed.channel for feed in self.feeds.values())]
+                # Connected first: a reader that starts before pubsub.connection is set dies
+                # at once (RuntimeError), and SUBSCRIBE's confirmation is then never read.
+                await self.link.run(pubsub.connect())
                 reader = asyncio.create_task(self._read(pubsub), name="redis-pubsub-read")
                 try:
                     await self._subscribe(pubsub, channels)
