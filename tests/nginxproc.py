@@ -84,7 +84,6 @@ http {{
             # WebSocket, never the proxy.
             proxy_read_timeout {idle_timeout}ms;
             proxy_send_timeout {idle_timeout}ms;
-            proxy_buffering off;
         }}
     }}
 }}
