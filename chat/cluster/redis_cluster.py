@@ -142,6 +142,8 @@ class RedisCluster:
     # ------------------------------------------------------------ sessions
 
     async def hello(self, claim: Claim) -> Claimed | str:
+        if not self._registered:  # started while Redis was away: not fenced, only new
+            await self._register()
         keys = self.keys
         asked = claim.session or ""
         reply = await self.link.script(
