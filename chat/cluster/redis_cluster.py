@@ -151,6 +151,8 @@ class RedisCluster:
     # ------------------------------------------------------------ sessions
 
     async def hello(self, claim: Claim) -> Claimed | str:
+        if not self._registered:  # started while Redis was away: not fenced, only new
+            await self._register()
         keys = self.keys
         asked = claim.session or ""
         reply = await self.link.script(
@@ -425,6 +427,9 @@ class RedisCluster:
             try:
                 self._pubsub = pubsub
                 channels = [self._node_channel, *(feed.channel for feed in self.feeds.values())]
+                # Connected first: a reader that starts before pubsub.connection is set dies
+                # at once (RuntimeError), and SUBSCRIBE's confirmation is then never read.
+                await self.link.run(pubsub.connect())
                 reader = asyncio.create_task(self._read(pubsub), name="redis-pubsub-read")
                 try:
                     await self._subscribe(pubsub, channels)

@@ -18,7 +18,7 @@ from redis.asyncio.connection import Connection as RedisConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat.cluster import scripts
@@ -107,7 +107,8 @@ class RedisLink:
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
             raise self.failed(err) from None
         except ResponseError as err:
-            if str(err).startswith(_TRANSIENT):
+            # redis-py strips the code off OOM and READONLY and raises a subclass.
+            if isinstance(err, OutOfMemoryError | ReadOnlyError) or str(err).startswith(_TRANSIENT):
                 raise self.failed(err) from None
             raise
 
