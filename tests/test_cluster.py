@@ -62,7 +62,9 @@ async def peer(node: Node, nick: str | None = None, **extra: Any) -> Peer:
     return result
 
 
-async def say_seen(who: Peer, room: str, text: str, cid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+async def say_seen(
+    who: Peer, room: str, text: str, cid: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Say, and read until both the ack and the sender's own copy arrived.
 
     With Redis the sender's `message` may come before its `ack` (the feed and the

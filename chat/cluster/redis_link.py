@@ -107,15 +107,14 @@ class RedisLink:
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
             raise self.failed(err) from None
         except ResponseError as err:
-            # redis-py strips the code off OOM and READONLY and raises a subclass.
-            if isinstance(err, OutOfMemoryError | ReadOnlyError) or str(err).startswith(_TRANSIENT):
+            if _transient(err):
                 raise self.failed(err) from None
             raise
 
     def reply(self, reply: Any) -> Any:
         """One reply of a pipeline run with raise_on_error=False: an error reply becomes
         the exception to raise for its command (`BackendUnavailable` when transient)."""
-        if isinstance(reply, ResponseError) and str(reply).startswith(_TRANSIENT):
+        if isinstance(reply, ResponseError) and _transient(reply):
             return self.failed(reply)
         if isinstance(reply, RedisConnectionError | RedisTimeoutError):
             return self.failed(reply)
@@ -200,6 +199,11 @@ class RedisLink:
                     self.healthy_since = self.clock()
                 for callback in self._on_restart:
                     callback()
+
+
+def _transient(err: ResponseError) -> bool:
+    # redis-py strips the code off OOM and READONLY and raises a subclass instead.
+    return isinstance(err, OutOfMemoryError | ReadOnlyError) or str(err).startswith(_TRANSIENT)
 
 
 async def _command(conn: RedisConnection, *args: Any) -> Any:
