@@ -358,6 +358,18 @@ async def hello_until_welcome(node: Node, nick: str, **extra: Any) -> tuple[Peer
             await asyncio.sleep(0.05)
 
 
+async def join_retrying(who: Peer, room: str, **extra: Any) -> dict[str, Any]:
+    """Join, retrying after `unavailable` as a client does while its node recovers."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            await who.send({"type": "join", "room": room, **extra})
+            reply = await who.expect_any(("joined", "error"))
+            if reply["type"] == "joined":
+                return reply
+            assert reply["code"] == "unavailable", reply
+            await asyncio.sleep(reply["retry_after"] / 10)
+
+
 async def test_redis_down_keeps_connections_and_answers_unavailable(
     make_node: MakeNode, redis_server: RedisServer
 ) -> None:
@@ -484,7 +496,7 @@ async def test_redis_restart_with_weak_persistence_starts_a_new_epoch(
         code = await alice.closed(timeout=5)
         assert code == 1011
         again, _ = await hello_until_welcome(node, "bob")
-        rejoined = await again.join("lobby", since=1, epoch=joined["epoch"])
+        rejoined = await join_retrying(again, "lobby", since=1, epoch=joined["epoch"])
         assert rejoined["epoch"] != joined["epoch"]
 
 

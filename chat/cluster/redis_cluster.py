@@ -447,8 +447,10 @@ class RedisCluster:
                     await asyncio.gather(reader, return_exceptions=True)
             except (BackendUnavailable, RedisError, OSError) as err:
                 # The subscription alone may break (CLIENT KILL TYPE pubsub): that is no
-                # outage of Redis, so the link is left as it is.
-                logger.info("redis subscription lost (%s); subscribing again", err)
+                # outage of Redis, so the link is left as it is. Said once per break,
+                # not at every attempt while Redis is away.
+                if self._listening.is_set():
+                    logger.info("redis subscription lost (%s); subscribing again", err)
             except Exception:
                 logger.exception("redis subscription failed; subscribing again")
             finally:
@@ -558,9 +560,10 @@ class RedisCluster:
             last_tick = now
             try:
                 if not self.link.up:
-                    await self.link.ping()
-                    if self.link.reached():
-                        await self._renew()
+                    # A write, not a ping: a Redis that answers but cannot store (full
+                    # under noeviction, read-only) is no more usable than a silent one.
+                    await self._renew()
+                    self.link.reached()
                 self._kick_ends()
                 self._probe()
                 await self._check_positions()
