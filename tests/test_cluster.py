@@ -556,3 +556,23 @@ async def test_concurrent_says_share_a_round_trip(make_node: MakeNode) -> None:
     batches = a.app[METRICS].commit_messages.collect()[0].samples
     count = next(s.value for s in batches if s.name.endswith("_count"))
     assert count < 20  # fewer round trips than says
+
+
+async def test_recovery_cap_and_room_paging_hold_on_redis(make_node: MakeNode) -> None:
+    """history.recover caps a join with since, and /api/rooms pages, on the Redis backend."""
+    a = await make_node({"history": {"recover": 3}})
+    alice = await peer(a, "alice")
+    joined = await alice.join("r0")
+    for n in range(6):
+        await alice.say("r0", f"m{n}")
+    for name in ("r1", "r2", "r3"):
+        await alice.join(name)
+    late = await peer(a, "late")
+    recovered = await late.join("r0", since=1, epoch=joined["epoch"])
+    assert [m["id"] for m in recovered["messages"]] == [4, 5, 6]
+    assert recovered["complete"] is False
+    page = await (await a.get("/api/rooms?limit=2")).json()
+    assert [room["room"] for room in page] == ["r0", "r1"]
+    rest = await (await a.get("/api/rooms?limit=2&after=r1")).json()
+    assert [room["room"] for room in rest] == ["r2", "r3"]
+    assert (await a.get("/api/rooms?limit=0")).status == 400
