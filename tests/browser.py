@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Locator, Page, Playwright, expect
+import pytest_asyncio
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    Playwright,
+    async_playwright,
+    expect,
+)
 
 from tests.serverproc import ServerProcess, write_config
 
@@ -176,3 +187,51 @@ class ChatPage:
 
     async def close(self) -> None:
         await self.context.close()
+
+
+# ---------------------------------------------------------------------- fixtures
+# Each browser test module (tests/test_browser.py, tests/test_page_*.py) imports
+# these functions; pytest finds them under their `name=`, so the test
+# arguments do not shadow the imported names.
+
+OpenPage = Callable[..., Awaitable[ChatPage]]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", name="browser")
+async def browser_fixture() -> AsyncIterator[Browser]:
+    """One Chromium for the module; each test gets fresh contexts."""
+    async with async_playwright() as playwright:
+        chromium = await launch_chromium(playwright)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture(name="servers")
+def servers_fixture(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    """Every server a test starts, killed at the end; the first one is started here."""
+    started = [start_server(tmp_path)]
+    yield started
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.send_signal(signal.SIGCONT)  # a stopped child still dies of SIGKILL, but be tidy
+        server.close()
+
+
+@pytest.fixture(name="server")
+def server_fixture(servers: list[ServerProcess]) -> ServerProcess:
+    return servers[0]
+
+
+@pytest_asyncio.fixture(loop_scope="module", name="open_page")
+async def open_page_fixture(browser: Browser, server: ServerProcess) -> AsyncIterator[OpenPage]:
+    """Open the chat page (optionally at `path`) in a new browser context."""
+    pages: list[ChatPage] = []
+
+    async def _open(path: str = "/", **kwargs: Any) -> ChatPage:
+        page = await ChatPage.open(browser, server.url + path, **kwargs)
+        pages.append(page)
+        return page
+
+    yield _open
+    for page in pages:
+        await page.close()
