@@ -16,17 +16,31 @@ function newCid() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+// Relative to the page, not to the host: the app may be mounted under a path prefix
+// (a proxy's `location /chat/`), and then `ws` is `/chat/ws`.
 function wsUrl(path) {
   const url = new URL(path, location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   return url.href;
 }
 
+const PROBE_TIMEOUT = 1500; // ms: a probe on a dead network must not linger
+
+// Whether the server answers its health check: far cheaper than an upgrade, and it
+// starts no session. Relative for the same reason as the socket.
+function probe(done) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), PROBE_TIMEOUT);
+  fetch(new URL('healthz', location.href), { cache: 'no-store', signal: abort.signal })
+    .then((r) => done(r.ok), () => done(false))
+    .finally(() => clearTimeout(timer));
+}
+
 const data = document.body.dataset;
 // Token mode (`auth.secret` set on the server): `hello` carries a token, whose subject
 // is the nick, instead of a nick the person picks.
 const tokenMode = data.auth === 'token';
-const url = wsUrl(data.wsPath || '/ws');
+const url = wsUrl(data.wsPath || 'ws');
 
 const core = new ChatCore({
   env: {
@@ -36,6 +50,7 @@ const core = new ChatCore({
     clearTimeout: (id) => clearTimeout(id),
     random: Math.random,
     openSocket: () => new WebSocket(url),
+    probe,
     newCid,
     log: (...args) => console.error(...args),
   },

@@ -76,7 +76,7 @@ export class View {
     this.words = errorWords(tokenMode);
     this.el = {
       nickForm: $('nick-form'), nick: $('nick'), nickError: $('nick-error'), nickSubmit: $('nick-submit'),
-      status: $('status'), reconnect: $('reconnect'), notices: $('notices'),
+      status: $('status'), statusDetail: $('status-detail'), reconnect: $('reconnect'), notices: $('notices'),
       rooms: $('rooms'), roomForm: $('room-form'), roomName: $('room-name'), roomError: $('room-error'),
       members: $('members'), memberCount: $('member-count'), roomTitle: $('room-title'),
       older: $('older'), messages: $('messages'), newMessages: $('new-messages'), typing: $('typing'),
@@ -89,6 +89,8 @@ export class View {
     this.shown = new Map();      // room name -> {list, item, typing, scroll, unread}
     this.sortKey = new WeakMap(); // node -> its place in a room's list (see placeNode)
     this.lines = new WeakMap();   // outbox entry -> its pending <li>
+    // The person just asked to sign in: once welcomed, their next act is writing.
+    this.focusOnWelcome = false;
   }
 
   describe(f) { return this.words[f.code] || f.message || `Error: ${f.code}`; }
@@ -115,8 +117,10 @@ export class View {
   // ------------------------------------------------------------------ status
 
   status() {
-    const { text, reconnect, trouble, phase } = this.core.status();
+    const { text, detail, reconnect, trouble, phase } = this.core.status();
+    // Written only when it changes: a live region speaks at every write.
     if (this.el.status.textContent !== text) this.el.status.textContent = text;
+    if (this.el.statusDetail.textContent !== detail) this.el.statusDetail.textContent = detail;
     // Offered only while it helps: not while connected, nor during the very first connect.
     this.el.reconnect.hidden = !reconnect;
     this.el.status.classList.toggle('trouble', trouble);
@@ -144,6 +148,16 @@ export class View {
     this.el.nickSubmit.textContent = this.tokenMode ? 'Use another token' : 'Change nick';
     if (!this.tokenMode) storage(NICK_KEY, f.nick);
     this.showNickError('');
+    // Only after a sign-in the person asked for (or the automatic one at start-up): a
+    // reconnect must not pull the focus away from whatever they are doing.
+    if (this.focusOnWelcome) this.focusComposer();
+  }
+
+  // To the message box, unless the person has moved on to something else meanwhile.
+  focusComposer() {
+    this.focusOnWelcome = false;
+    const active = document.activeElement;
+    if (!active || active === document.body || this.el.nickForm.contains(active)) this.el.text.focus();
   }
 
   limits() { this.updateCounter(); }
@@ -179,7 +193,10 @@ export class View {
     this.showNickError('');
     storage(NICK_KEY, nick);
     if (this.core.phase === 'ready' && !sameNick(nick, this.core.me)) tabSession(null);
+    this.focusOnWelcome = true;
     this.core.useNick(nick);
+    // Same nick up to case: no new `welcome` comes, the sign-in is done already.
+    if (this.core.phase === 'ready') this.focusComposer();
   }
 
   submitToken() {
@@ -191,6 +208,7 @@ export class View {
     }
     this.showNickError('');
     this.el.token.value = '';
+    this.focusOnWelcome = true;
     tabToken(token);
     tabSession(null);
     this.core.useToken(token);
@@ -269,7 +287,11 @@ export class View {
     leave.textContent = '×';
     leave.title = `Leave #${room.name}`;
     leave.setAttribute('aria-label', `Leave #${room.name}`);
-    leave.addEventListener('click', () => this.core.leaveRoom(room.name));
+    leave.addEventListener('click', () => {
+      this.core.leaveRoom(room.name);
+      // The button is gone with its room: without this the focus falls back to <body>.
+      this.el.text.focus();
+    });
     li.append(open, leave);
     li.dataset.room = room.name;
     return li;
@@ -685,6 +707,7 @@ export class View {
     }
     this.openRoom(roomFromHash() || DEFAULT_ROOM);
     this.updateCounter();
+    this.focusOnWelcome = this.core.canSayHello();
     this.core.start(); // signs in at once with a stored nick or token; else `hello` waits
     (this.core.canSayHello() ? this.el.text : this.signInField).focus();
   }

@@ -23,7 +23,8 @@ for (const code of ['unavailable', 'rate_limited']) {
     assert.deepEqual(t.named('sayRetrying').at(-1), ['sayRetrying', entry, code]);
     assert.ok(t.core.outbox.has(entry.cid));
     if (code === 'unavailable') {
-      assert.equal(t.core.status().text, 'server unavailable, retrying in 2 s');
+      assert.equal(t.core.status().text, 'server unavailable, retrying');
+      assert.equal(t.core.status().detail, 'in 2 s');
       assert.equal(t.core.status().trouble, true);
     }
     t.clock.advance(1990);
