@@ -6,7 +6,9 @@
 // - user data reaches the DOM only through textContent / dataset, never HTML;
 // - no inline styles (the Content-Security-Policy forbids them).
 
+import { counts, shouldNotify, tabTitle } from './core/attention.js';
 import { NICK_RE, codePoints, sameNick } from './core/nick.js';
+import { mentionsMe, pieces } from './core/text.js';
 
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 const NICK_KEY = 'chat.nick';
@@ -15,6 +17,9 @@ const NICK_KEY = 'chat.nick';
 const SESSION_KEY = 'chat.session';
 // Per tab too, never in localStorage: a token is a credential, kept no longer than the tab.
 const TOKEN_KEY = 'chat.token';
+// Desktop notifications for mentions: an opt-in that outlives the tab, as the
+// browser's permission does.
+const NOTIFY_KEY = 'chat.notify';
 const DEFAULT_ROOM = 'lobby';
 const TYPING_SHOW = 3000;      // ms an "is typing" line stays without news
 const BOTTOM_SLACK = 40;       // px from the bottom that still count as "at the bottom"
@@ -82,6 +87,7 @@ export class View {
       older: $('older'), messages: $('messages'), newMessages: $('new-messages'), typing: $('typing'),
       composer: $('composer'), text: $('text'), send: $('send'), counter: $('counter'),
       token: $('token'), // only in token mode
+      notify: $('notify'),
     };
     // Where the person signs in: the token field in token mode, else the nick field.
     this.signInField = this.el.token || this.el.nick;
@@ -220,7 +226,7 @@ export class View {
     const list = document.createElement('ol');
     list.className = 'message-list';
     const view = {
-      list, item: null, typing: new Map(), unread: 0,
+      list, item: null, typing: new Map(), unread: 0, mentions: 0,
       scroll: null, // saved scrollTop while another room is shown; null = at the bottom
     };
     this.shown.set(room.name, view);
@@ -255,6 +261,7 @@ export class View {
     const view = this.shown.get(name);
     if (view) {
       view.unread = 0;
+      view.mentions = 0;
       this.el.messages.replaceChildren(view.list);
       if (view.scroll == null) this.scrollToBottom();
       else this.el.messages.scrollTop = view.scroll;
@@ -308,13 +315,40 @@ export class View {
     const badge = open.querySelector('.unread');
     badge.textContent = view.unread ? String(view.unread) : '';
     badge.hidden = !view.unread;
-    open.setAttribute('aria-label', `#${room.name}${view.unread ? `, ${view.unread} unread` : ''}`);
+    badge.classList.toggle('mentioned', view.mentions > 0);
+    let label = `#${room.name}`;
+    if (view.unread) label += `, ${view.unread} unread`;
+    if (view.mentions) label += `, ${view.mentions} mentioning you`;
+    open.setAttribute('aria-label', label);
+  }
+
+  // The tab's title counts what the reader has not seen, in every room.
+  renderTitle() {
+    let unread = 0;
+    let mentions = 0;
+    for (const view of this.shown.values()) {
+      unread += view.unread;
+      mentions += view.mentions;
+    }
+    const title = tabTitle(this.core.rooms.has(this.current) ? this.current : null, unread, mentions);
+    if (document.title !== title) document.title = title;
+  }
+
+  // The tab is back in sight: what is on screen is read now.
+  seen() {
+    const view = this.shown.get(this.current);
+    if (view && (view.unread || view.mentions)) {
+      view.unread = 0;
+      view.mentions = 0;
+      this.renderRoomItem(this.core.rooms.get(this.current));
+    }
+    this.renderTitle();
   }
 
   renderRoom() {
     const room = this.core.rooms.get(this.current);
     this.el.roomTitle.textContent = room ? `#${room.name}` : 'No room';
-    document.title = room ? `#${room.name} – Chat` : 'Chat';
+    this.renderTitle();
     this.renderMembers();
     this.renderTyping();
     this.renderOlder();
@@ -388,11 +422,58 @@ export class View {
     if (view ? view.bottom : shown.scroll == null) this.trimOldest(room);
     const nick = item.message.nick;
     this.stopTyping(room, nick);
-    if (room.name === this.current) this.restoreScroll(room, view, sameNick(nick, this.core.me), true);
-    else {
-      shown.unread += 1;
+    const own = sameNick(nick, this.core.me);
+    if (room.name === this.current) this.restoreScroll(room, view, own, true);
+    this.attend(room, item.message, own);
+  }
+
+  // Count a live message the reader has not seen, and notify a mention if asked to.
+  attend(room, m, own) {
+    const shown = this.shown.get(room.name);
+    const hidden = document.visibilityState === 'hidden';
+    const mention = !own && mentionsMe(String(m.text), this.core.me);
+    const add = counts({ own, shown: room.name === this.current, hidden, mention });
+    if (add.unread || add.mention) {
+      shown.unread += add.unread;
+      shown.mentions += add.mention;
       this.renderRoomItem(room);
+      this.renderTitle();
     }
+    const permission = typeof Notification === 'function' ? Notification.permission : 'denied';
+    if (shouldNotify({ own, mention, hidden, optedIn: this.notifyOn(), permission })) {
+      const note = new Notification(`${m.nick} in #${room.name}`, { body: String(m.text), tag: `chat-${room.name}` });
+      note.addEventListener('click', () => {
+        window.focus();
+        if (this.shown.has(room.name)) this.showRoom(room.name);
+        note.close();
+      });
+    }
+  }
+
+  // ------------------------------------------------------------------ notifications
+
+  notifyOn() { return storage(NOTIFY_KEY) === 'on'; }
+
+  renderNotify() {
+    const button = this.el.notify;
+    const supported = typeof Notification === 'function' && Notification.permission !== 'denied';
+    button.hidden = !supported;
+    const on = supported && this.notifyOn() && Notification.permission === 'granted';
+    button.setAttribute('aria-pressed', String(on));
+    button.textContent = on ? 'Mention alerts: on' : 'Mention alerts: off';
+  }
+
+  // Asked for only from this click: a browser refuses (and people resent) a permission
+  // prompt that nobody asked for.
+  async toggleNotify() {
+    if (this.notifyOn()) {
+      storage(NOTIFY_KEY, 'off');
+    } else {
+      const permission = Notification.permission === 'granted'
+        ? 'granted' : await Notification.requestPermission();
+      if (permission === 'granted') storage(NOTIFY_KEY, 'on');
+    }
+    this.renderNotify();
   }
 
   presence(room, f) {
@@ -455,10 +536,36 @@ export class View {
     const body = document.createElement('div');
     body.className = 'text';
     body.dir = 'auto';
-    body.textContent = text;
+    const own = sameNick(nick, this.core.me);
+    body.append(...this.textNodes(text, own ? null : this.core.me));
     li.append(who, time, body);
-    if (sameNick(nick, this.core.me)) li.classList.add('own');
+    if (own) li.classList.add('own');
+    else if (body.querySelector('.mention')) li.classList.add('mentions-me');
     return li;
+  }
+
+  // The text as DOM nodes, never as HTML: links as <a> (http and https only, checked
+  // by core/text.js), mentions of `me` as <mark>, the rest as text nodes.
+  textNodes(text, me) {
+    return pieces(text, me).map((piece) => {
+      if (piece.kind === 'link') {
+        const a = document.createElement('a');
+        a.href = piece.href;
+        a.textContent = piece.text;
+        // A new tab that cannot reach back into this one (window.opener) nor learn
+        // where it came from.
+        a.rel = 'noopener noreferrer';
+        a.target = '_blank';
+        return a;
+      }
+      if (piece.kind === 'mention') {
+        const mark = document.createElement('mark');
+        mark.className = 'mention';
+        mark.textContent = piece.text;
+        return mark;
+      }
+      return document.createTextNode(piece.text);
+    });
   }
 
   // Insert a node so the list stays ordered by key: message id, a gap line just after
@@ -686,14 +793,19 @@ export class View {
       if (name && name !== this.current) this.openRoom(name);
     });
     document.addEventListener('visibilitychange', () => {
-      if (document.visibilityState === 'visible') this.core.wake();
+      if (document.visibilityState === 'visible') {
+        this.core.wake();
+        this.seen();
+      }
     });
+    el.notify.addEventListener('click', () => this.toggleNotify());
     window.addEventListener('online', () => this.core.setOffline(false));
     window.addEventListener('offline', () => this.core.setOffline(true));
   }
 
   start() {
     this.bind();
+    this.renderNotify();
     if (this.tokenMode) {
       const linked = tokenFromHash();
       if (linked) tabToken(linked);

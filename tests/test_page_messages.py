@@ -1,0 +1,117 @@
+"""Links, mentions, the tab title and notifications on the chat page in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import pytest
+from playwright.async_api import expect
+
+from chat.routes import CSP
+from tests.browser import (
+    ChatPage,
+    OpenPage,
+    browser_fixture,  # noqa: F401 (fixtures, found by pytest under their names)
+    open_page_fixture,  # noqa: F401
+    server_fixture,  # noqa: F401
+    servers_fixture,  # noqa: F401
+)
+
+DASH: Final = "\N{EN DASH}"  # the title's separator
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+# Runs before the page's scripts: a Notification that records instead of showing (the
+# permission granted), and a visibility the test sets, as a headless tab is never hidden.
+_FAKE_ATTENTION: Final = """
+window.__notes = [];
+window.__asked = 0;
+window.Notification = class extends EventTarget {
+  constructor(title, options) {
+    super();
+    window.__notes.push({ title, body: options && options.body });
+  }
+  close() {}
+  static get permission() { return window.__asked ? 'granted' : 'default'; }
+  static requestPermission() { window.__asked += 1; return Promise.resolve('granted'); }
+};
+let visibility = 'visible';
+Object.defineProperty(Document.prototype, 'visibilityState', { get: () => visibility });
+Object.defineProperty(Document.prototype, 'hidden', { get: () => visibility === 'hidden' });
+window.__setVisibility = (v) => {
+  visibility = v;
+  document.dispatchEvent(new Event('visibilitychange'));
+};
+"""
+
+
+async def set_visibility(page: ChatPage, state: str) -> None:
+    await page.page.evaluate("(v) => window.__setVisibility(v)", state)
+
+
+async def test_links_are_anchors_opening_a_new_tab_without_opener(open_page: OpenPage) -> None:
+    """http(s) links become <a target=_blank rel="noopener noreferrer">; other schemes stay text."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await asyncio.gather(alice.sign_in("alice"), bob.sign_in("bob"))
+    text = "see https://example.com/a?b=1&c=<d>. not javascript:alert(1) nor <a href=x>y</a>"
+    await bob.say(text)
+    await alice.see(text)
+    links = alice.message(text).locator("a")
+    await expect(links).to_have_count(1)
+    await expect(links).to_have_text("https://example.com/a?b=1&c=")
+    await expect(links).to_have_attribute("href", "https://example.com/a?b=1&c=")
+    await expect(links).to_have_attribute("rel", "noopener noreferrer")
+    await expect(links).to_have_attribute("target", "_blank")
+    assert alice.response is not None
+    assert (await alice.response.all_headers())["content-security-policy"] == CSP
+    for page in (alice, bob):
+        assert await page.csp_violations() == []
+        page.assert_no_page_errors()
+
+
+async def test_mentions_are_marked_counted_in_the_title_and_notified_when_hidden(
+    open_page: OpenPage,
+) -> None:
+    """Own nick marked; the title counts unread and mentions; alerts only while hidden, opt-in."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await alice.page.add_init_script(_FAKE_ATTENTION)
+    await alice.page.reload()
+    await asyncio.gather(alice.sign_in("Alice"), bob.sign_in("bob"))
+    page = alice.page
+    alerts = page.get_by_role("button", name="Mention alerts: off")
+    await alerts.click()
+    await expect(page.locator("#notify")).to_have_attribute("aria-pressed", "true")
+    await expect(page.locator("#notify")).to_have_text("Mention alerts: on")
+    assert await page.evaluate("window.__asked") == 1
+
+    await bob.say("hello ALICE, and malice")
+    await alice.see("hello ALICE, and malice")
+    line = alice.message("hello ALICE, and malice")
+    await expect(line.locator("mark.mention")).to_have_text(["ALICE"])
+    await expect(line).to_have_class("message mentions-me")
+    await expect(page).to_have_title(f"#lobby {DASH} Chat")
+    await expect(bob.page.locator("mark.mention")).to_have_count(0)  # not bob's own nick
+
+    await set_visibility(alice, "hidden")
+    await bob.say("ping @alice.")
+    await bob.say("no one named")
+    await alice.see("no one named")
+    await expect(page).to_have_title(f"(2, @1) #lobby {DASH} Chat")
+    notes = await page.evaluate("window.__notes")
+    assert notes == [{"title": "bob in #lobby", "body": "ping @alice."}]
+    await set_visibility(alice, "visible")
+    await expect(page).to_have_title(f"#lobby {DASH} Chat")
+
+    # Another room on screen: lobby's messages count, a mention colours its badge.
+    await page.get_by_label("Join room").fill("dev")
+    await page.get_by_label("Join room").press("Enter")
+    await expect(page.locator("#room-title")).to_have_text("#dev")
+    await bob.say("alice? the build")
+    await expect(page).to_have_title(f"(1, @1) #dev {DASH} Chat")
+    await expect(page.locator("#rooms .unread.mentioned")).to_have_text("1")
+    assert len(await page.evaluate("window.__notes")) == 1  # visible: no alert
+    await page.locator("#rooms .room-switch", has_text="#lobby").click()
+    await expect(page).to_have_title(f"#lobby {DASH} Chat")
+    for chat in (alice, bob):
+        chat.assert_no_page_errors()
