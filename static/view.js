@@ -7,6 +7,7 @@
 // - no inline styles (the Content-Security-Policy forbids them).
 
 import { counts, shouldNotify, tabTitle } from './core/attention.js';
+import { dayLabel, placement, timeLabel } from './core/layout.js';
 import { NICK_RE, codePoints, sameNick } from './core/nick.js';
 import { mentionsMe, pieces } from './core/text.js';
 
@@ -519,26 +520,52 @@ export class View {
   setTime(time, ts) {
     const d = new Date(Number.isFinite(ts) ? ts : Date.now());
     time.dateTime = d.toISOString();
-    time.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    time.textContent = timeLabel(d.getTime(), Date.now());
     time.title = d.toLocaleString();
+    time.closest('li').dataset.ts = String(d.getTime());
+  }
+
+  // A message's day divider and grouping follow from the message line before it
+  // (core/layout.js); a gap or archive line in between starts afresh. Called for a
+  // line and for the one after it whenever lines are placed, moved or dropped.
+  decorate(li) {
+    if (!li || !li.classList.contains('message')) return;
+    const before = li.previousElementSibling;
+    const info = (node) => ({ nick: node.dataset.nick, ts: Number(node.dataset.ts) });
+    const prev = before && before.classList.contains('message') ? info(before) : null;
+    const { divider, grouped } = placement(prev, info(li));
+    li.classList.toggle('grouped', grouped);
+    let day = li.querySelector(':scope > .day');
+    if (divider) {
+      if (!day) {
+        day = document.createElement('p');
+        day.className = 'day';
+        li.prepend(day);
+      }
+      day.textContent = dayLabel(info(li).ts, Date.now());
+    } else {
+      day?.remove();
+    }
   }
 
   messageElement(nick, text, ts) {
     const li = document.createElement('li');
     li.className = 'message';
     li.dataset.nick = nick;
+    const time = document.createElement('time');
+    li.append(time);
+    this.setTime(time, ts);
     const who = document.createElement('span');
     who.className = 'nick';
     who.dir = 'auto';
     who.textContent = nick;
-    const time = document.createElement('time');
-    this.setTime(time, ts);
     const body = document.createElement('div');
     body.className = 'text';
     body.dir = 'auto';
     const own = sameNick(nick, this.core.me);
     body.append(...this.textNodes(text, own ? null : this.core.me));
-    li.append(who, time, body);
+    time.before(who);
+    li.append(body);
     if (own) li.classList.add('own');
     else if (body.querySelector('.mention')) li.classList.add('mentions-me');
     return li;
@@ -573,10 +600,15 @@ export class View {
   placeNode(room, node, key) {
     const list = this.shown.get(room.name).list;
     this.sortKey.set(node, key);
+    const oldNext = node.nextElementSibling; // a line moved (settled) leaves a neighbour
     let after = list.lastElementChild;
     while (after && this.sortKey.get(after) > key) after = after.previousElementSibling;
+    if (after === node) after = node.previousElementSibling;
     if (after) after.after(node);
     else list.prepend(node);
+    this.decorate(oldNext);
+    this.decorate(node);
+    this.decorate(node.nextElementSibling);
   }
 
   // Drop the oldest lines beyond MAX_SHOWN messages (with the gap and archive lines among
@@ -598,6 +630,7 @@ export class View {
     }
     // The oldest id left is near the top (at most a gap line before it): walk, do not
     // copy the whole list, as this runs for every message once a room is full.
+    this.decorate(list.firstElementChild); // the new first line gets its day divider
     let first = list.firstElementChild;
     while (first && !room.ids.has(this.sortKey.get(first))) first = first.nextElementSibling;
     room.trimmed(dropped, first ? this.sortKey.get(first) : Infinity);

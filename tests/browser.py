@@ -6,6 +6,8 @@ when it is missing they fail rather than skip, so a broken environment is seen.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -13,8 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import aiohttp_jinja2
+import jinja2
 import pytest
 import pytest_asyncio
+from aiohttp import WSMsgType, web
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -25,6 +30,10 @@ from playwright.async_api import (
     expect,
 )
 
+from chat.app import asset_dir
+from chat.keys import CONFIG as CONFIG_KEY
+from chat.routes import security_headers, setup_routes
+from tests.conftest import make_config
 from tests.serverproc import ServerProcess, write_config
 
 CHROMIUM: Final = "/usr/bin/chromium"
@@ -235,3 +244,61 @@ async def open_page_fixture(browser: Browser, server: ServerProcess) -> AsyncIte
     yield _open
     for page in pages:
         await page.close()
+
+
+# ---------------------------------------------------------------------- a scripted server
+
+Frame = dict[str, Any]
+Script = Callable[[Frame], Awaitable[list[Frame]]]
+
+
+def welcome_for(nick: str) -> Frame:
+    """A `welcome` with the contract's default limits and a 10 s heartbeat."""
+    return {
+        "type": "welcome", "version": 1, "session": "s-1", "nick": nick, "rooms": [],
+        "heartbeat": {"interval": 10, "timeout": 30},
+        "limits": {"text": 2000, "frame": 16384, "rooms": 20,
+                   "rate": {"messages": 5, "per": 1, "burst": 10},
+                   "join_rate": {"messages": 5, "per": 1, "burst": 40}},
+    }  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def scripted_page_server(answer: Script) -> AsyncIterator[str]:
+    """The real page and static files, with a /ws that answers each frame with `answer`.
+
+    For what a real server cannot be made to do on cue (messages from past days, an
+    `unavailable`); `ping` is answered here. Yields the page's URL.
+    """
+
+    async def chat_ws(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            frame = json.loads(msg.data)
+            if frame.get("type") == "ping":
+                await ws.send_json({"type": "pong", "t": frame.get("t"), "ts": 0})
+                continue
+            for reply in await answer(frame):
+                await ws.send_json(reply)
+        return ws
+
+    app = web.Application(middlewares=[security_headers])
+    app[CONFIG_KEY] = make_config()
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(asset_dir("templates")),
+        autoescape=jinja2.select_autoescape(["html"]),
+    )
+    app.router.add_get("/ws", chat_ws)
+    setup_routes(app, asset_dir("static"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    finally:
+        await runner.cleanup()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+import re
+import time
+from typing import Any, Final
 
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Browser, expect
 
 from chat.routes import CSP
 from tests.browser import (
@@ -14,8 +16,10 @@ from tests.browser import (
     OpenPage,
     browser_fixture,  # noqa: F401 (fixtures, found by pytest under their names)
     open_page_fixture,  # noqa: F401
+    scripted_page_server,
     server_fixture,  # noqa: F401
     servers_fixture,  # noqa: F401
+    welcome_for,
 )
 
 DASH: Final = "\N{EN DASH}"  # the title's separator
@@ -115,3 +119,55 @@ async def test_mentions_are_marked_counted_in_the_title_and_notified_when_hidden
     await expect(page).to_have_title(f"#lobby {DASH} Chat")
     for chat in (alice, bob):
         chat.assert_no_page_errors()
+
+
+async def test_grouped_messages_day_dividers_and_full_dates(browser: Browser) -> None:
+    """One person's run shares a header; days are divided; older messages show their date."""
+    day = 86_400_000
+    today = int(time.time() * 1000) // day * day  # the context's time zone is UTC
+    minute = 60_000
+    said = [
+        ("bob", today - 2 * day + 600 * minute),
+        ("bob", today - 2 * day + 602 * minute),  # grouped
+        ("alice", today - 2 * day + 603 * minute),
+        ("bob", today - day + 540 * minute),  # Yesterday
+        ("bob", today + minute),  # Today
+        ("bob", today + 2 * minute),  # grouped
+        ("bob", today + 20 * minute),  # too long after: a header again
+    ]
+    messages = [
+        {"type": "message", "room": "lobby", "id": n, "nick": nick, "text": f"m{n}", "ts": ts,
+         "cid": None}
+        for n, (nick, ts) in enumerate(said, start=1)
+    ]  # fmt: skip
+
+    async def answer(frame: dict[str, Any]) -> list[dict[str, Any]]:
+        if frame["type"] == "hello":
+            return [welcome_for(frame["nick"])]
+        if frame["type"] == "join":
+            return [{"type": "joined", "room": "lobby", "epoch": "e1", "members": ["alice", "bob"],
+                     "messages": messages, "complete": True}]  # fmt: skip
+        return []
+
+    async with scripted_page_server(answer) as url:
+        alice = await ChatPage.open(browser, url)
+        try:
+            await alice.sign_in("alice")
+            lines = alice.messages
+            await expect(lines).to_have_count(len(said))
+            grouped = [
+                "grouped" in (await lines.nth(i).get_attribute("class") or "")
+                for i in range(len(said))
+            ]
+            assert grouped == [False, True, False, False, False, True, False]
+            days = alice.page.locator("#messages li.message > .day")
+            two_days_ago = time.strftime("%A, %-d %B %Y", time.gmtime((today - 2 * day) / 1000))
+            await expect(days).to_have_text([two_days_ago, "Yesterday", "Today"])
+            full_date = re.compile(r"^\d{1,2} \w{3} \d{4}, 10:00$")
+            await expect(lines.nth(0).locator("time")).to_have_text(full_date)
+            await expect(lines.nth(4).locator("time")).to_have_text("00:01")
+            # A grouped line keeps its nick for screen readers.
+            await expect(lines.nth(1).get_by_text("bob", exact=True)).to_have_count(1)
+            alice.assert_no_page_errors()
+        finally:
+            await alice.close()
