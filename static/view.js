@@ -7,7 +7,7 @@
 // - no inline styles (the Content-Security-Policy forbids them).
 
 import { counts, shouldNotify, tabTitle } from './core/attention.js';
-import { dayLabel, placement, timeLabel } from './core/layout.js';
+import { dayLabel, placement, timeLabel, wantsOlder } from './core/layout.js';
 import { NICK_RE, codePoints, sameNick } from './core/nick.js';
 import { mentionsMe, pieces } from './core/text.js';
 
@@ -497,12 +497,25 @@ export class View {
 
   history(room, items) {
     const current = room.name === this.current;
-    // Older messages go above: keep what the reader is looking at in place.
-    const before = this.el.messages.scrollHeight;
-    const top = this.el.messages.scrollTop;
+    // Older messages go above: keep the line the reader is looking at where it is on
+    // screen. Measured on that line, not on scrollHeight, because Chromium's own scroll
+    // anchoring may or may not have moved the view already (it does not at the very top).
+    const anchor = current ? this.firstVisibleLine() : null;
+    const before = anchor ? anchor.getBoundingClientRect().top : 0;
     for (const item of items) this.showItem(room, item);
-    if (current) this.el.messages.scrollTop = top + (this.el.messages.scrollHeight - before);
+    if (anchor && anchor.isConnected) {
+      this.el.messages.scrollTop += anchor.getBoundingClientRect().top - before;
+    }
     if (current) this.renderOlder();
+  }
+
+  firstVisibleLine() {
+    const top = this.el.messages.getBoundingClientRect().top;
+    const list = this.shown.get(this.current)?.list;
+    for (let node = list?.firstElementChild; node; node = node.nextElementSibling) {
+      if (node.getBoundingClientRect().bottom > top) return node;
+    }
+    return null;
   }
 
   showItem(room, { message: m, entry }) {
@@ -819,6 +832,9 @@ export class View {
     el.newMessages.addEventListener('click', () => this.scrollToBottom());
     el.messages.addEventListener('scroll', () => {
       if (this.atBottom()) el.newMessages.hidden = true;
+      // Reading back in time fetches the page before by itself; the button stays for
+      // keyboard users. core.loadOlder asks at most once at a time per room.
+      if (this.current && wantsOlder(el.messages)) this.core.loadOlder(this.current);
     });
     el.reconnect.addEventListener('click', () => this.core.reconnectNow());
     window.addEventListener('hashchange', () => {

@@ -386,9 +386,8 @@ async def test_a_long_room_keeps_the_newest_lines_and_pages_back(
         await reader.see("m1100")
         await expect(reader.messages).to_have_count(1000)
         await expect(reader.messages.first.locator(".text")).to_have_text("m101")
-        # Scrolled up to the top, as a reader going back in time is.
+        # Scrolled up to the top, as a reader going back in time is: that loads a page.
         await reader.page.locator("#messages").evaluate("log => { log.scrollTop = 0; }")
-        await reader.page.get_by_role("button", name="Load older messages").click()
         await expect(reader.messages).to_have_count(1050)
         await expect(reader.messages.first.locator(".text")).to_have_text("m51")
         # While older messages are being read, nothing is dropped.

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, expect
 
 from chat.routes import CSP
 from tests.browser import (
+    CONFIG,
     ChatPage,
     OpenPage,
     browser_fixture,  # noqa: F401 (fixtures, found by pytest under their names)
@@ -19,8 +22,11 @@ from tests.browser import (
     scripted_page_server,
     server_fixture,  # noqa: F401
     servers_fixture,  # noqa: F401
+    start_server,
     welcome_for,
 )
+from tests.conftest import Peer
+from tests.serverproc import ServerProcess, write_config
 
 DASH: Final = "\N{EN DASH}"  # the title's separator
 
@@ -171,3 +177,47 @@ async def test_grouped_messages_day_dividers_and_full_dates(browser: Browser) ->
             alice.assert_no_page_errors()
         finally:
             await alice.close()
+
+
+async def test_scrolling_to_the_top_loads_older_messages_in_place(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Scrolling up to the top fetches older messages and keeps the line read in place."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    rate = {"messages": 10_000, "per": 1, "burst": 10_000}
+    write_config(busy, {**CONFIG, "limits": {"rate": rate}})
+    server = start_server(busy)
+    servers.append(server)
+    # A bot says them: a page paces its messages, 120 would take half a minute.
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
+        bot = Peer(ws)
+        await bot.hello("bob")
+        await bot.join("lobby")
+        for n in range(1, 121):
+            await bot.send({"type": "say", "room": "lobby", "text": f"n{n}", "cid": f"{n}"})
+        await bot.expect("ack", cid="120")
+
+    alice = await ChatPage.open(browser, server.url + "/")
+    try:
+        await alice.sign_in("alice")
+        await alice.see("n120")
+        await expect(alice.messages).to_have_count(50)  # history.replay
+        older = alice.page.get_by_role("button", name="Load older messages")
+        await expect(older).to_be_visible()  # still there for keyboard users
+        oldest = alice.message("n71")
+        log = alice.page.locator("#messages")
+        await log.hover()
+        for _ in range(40):  # wheel up as a reader does, until the first page came
+            await alice.page.mouse.wheel(0, -400)
+            if await alice.messages.count() > 50:
+                break
+        await expect(alice.messages).to_have_count(100)
+        box = await oldest.bounding_box()
+        view = await log.bounding_box()
+        assert box is not None and view is not None
+        # n71 did not jump away: it is still in sight, not pushed down by 50 new lines.
+        assert view["y"] - box["height"] <= box["y"] <= view["y"] + view["height"], (box, view)
+        alice.assert_no_page_errors()
+    finally:
+        await alice.close()

@@ -50,3 +50,15 @@ export function timeLabel(ts, now, locale = undefined) {
   if (sameDay(ts, now)) return time;
   return `${d.toLocaleDateString(locale, { day: 'numeric', month: 'short', year: 'numeric' })}, ${time}`;
 }
+
+/** px from the top of the log within which the next older page is asked for. */
+export const OLDER_MARGIN = 200;
+
+/**
+ * Whether scrolling has brought the reader near enough to the top to fetch the page
+ * before: ahead of the very top, so that a reader scrolling on rarely waits, and only
+ * when the log actually scrolls (a short log keeps its button).
+ */
+export function wantsOlder({ scrollTop, scrollHeight, clientHeight }) {
+  return scrollHeight > clientHeight && scrollTop <= Math.min(OLDER_MARGIN, clientHeight / 2);
+}

@@ -36,3 +36,12 @@ test('messages before today show their full date', () => {
   assert.equal(timeLabel(at(2026, 11, 30, 8, 5), now, 'en-GB'), '08:05');
   assert.equal(timeLabel(at(2026, 11, 27, 14, 3), now, 'en-GB'), '27 Nov 2026, 14:03');
 });
+
+test('older messages are wanted near the top of a log that scrolls', async () => {
+  const { wantsOlder } = await import('../../static/core/layout.js');
+  assert.equal(wantsOlder({ scrollTop: 0, scrollHeight: 5000, clientHeight: 600 }), true);
+  assert.equal(wantsOlder({ scrollTop: 150, scrollHeight: 5000, clientHeight: 600 }), true);
+  assert.equal(wantsOlder({ scrollTop: 900, scrollHeight: 5000, clientHeight: 600 }), false);
+  assert.equal(wantsOlder({ scrollTop: 0, scrollHeight: 600, clientHeight: 600 }), false, 'nothing to scroll');
+  assert.equal(wantsOlder({ scrollTop: 150, scrollHeight: 900, clientHeight: 200 }), false, 'half a small view');
+});
