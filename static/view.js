@@ -50,6 +50,9 @@ function tabStorage(key, value) {
 
 export const tabSession = (value) => tabStorage(SESSION_KEY, value);
 const tabToken = (value) => tabStorage(TOKEN_KEY, value);
+// Per tab: the messages not yet acknowledged, so that a reload sends them again with
+// their cids (core/outbox.js snapshot) instead of losing them.
+const OUTBOX_KEY = 'chat.outbox';
 
 function errorWords(tokenMode) {
   return {
@@ -723,6 +726,19 @@ export class View {
 
   // ------------------------------------------------------------------ sending
 
+  outboxChanged() {
+    const pending = this.core.outbox.snapshot();
+    tabStorage(OUTBOX_KEY, pending.length ? JSON.stringify(pending) : null);
+  }
+
+  restoreOutbox() {
+    let saved = null;
+    try {
+      saved = JSON.parse(tabStorage(OUTBOX_KEY) || 'null');
+    } catch { /* unreadable: nothing to restore */ }
+    if (saved) this.core.restorePending(saved);
+  }
+
   sayQueued(entry) {
     const li = this.messageElement(this.core.me || this.core.nick || '', entry.text, Date.now());
     li.classList.add('pending', 'own');
@@ -848,6 +864,13 @@ export class View {
       }
     });
     el.notify.addEventListener('click', () => this.toggleNotify());
+    // Something typed is not acknowledged yet: ask before the tab goes. A reload keeps it
+    // (sessionStorage) and sends it again, but closing the tab would lose it.
+    window.addEventListener('beforeunload', (ev) => {
+      if (!this.core.hasPending()) return;
+      ev.preventDefault();
+      ev.returnValue = ''; // older Chromium shows the prompt only with this set
+    });
     window.addEventListener('online', () => this.core.setOffline(false));
     window.addEventListener('offline', () => this.core.setOffline(true));
   }
@@ -867,6 +890,7 @@ export class View {
       }
     }
     this.openRoom(roomFromHash() || DEFAULT_ROOM);
+    this.restoreOutbox();
     this.updateCounter();
     this.focusOnWelcome = this.core.canSayHello();
     this.core.start(); // signs in at once with a stored nick or token; else `hello` waits

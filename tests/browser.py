@@ -131,7 +131,12 @@ class ChatPage:
 
     async def _on_dialog(self, dialog: Any) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
-        await dialog.dismiss()
+        # The page asks before leaving with messages pending: a test that reloads then
+        # means to leave (and checks `dialogs`); dismissing would cancel the reload.
+        if dialog.type == "beforeunload":
+            await dialog.accept()
+        else:
+            await dialog.dismiss()
 
     # ------------------------------------------------------------------ locators
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Final
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, expect
+from playwright.async_api import Error as PlaywrightError
 
 from tests.browser import (
     CONFIG,
@@ -21,6 +25,7 @@ from tests.browser import (
     servers_fixture,  # noqa: F401
     start_server,
 )
+from tests.conftest import Peer
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -128,3 +133,56 @@ async def test_a_restarted_server_is_found_within_about_two_seconds(
         alice.assert_no_page_errors()
     finally:
         await alice.close()
+
+
+async def test_a_message_queued_while_down_survives_a_reload_and_arrives_once(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Typed while the server is down, then a reload and a restart: delivered exactly once."""
+    db_dir = tmp_path / "sqlite"
+    db_dir.mkdir()
+    write_config(db_dir, {**CONFIG, "history": {"backend": "sqlite", "path": str(db_dir / "db")}})
+    first = start_server(db_dir)
+    servers.append(first)
+    alice = await ChatPage.open(browser, first.url + "/")
+    bob = await ChatPage.open(browser, first.url + "/")
+    try:
+        await asyncio.gather(alice.sign_in("alice"), bob.sign_in("bob"))
+        first.send_signal(signal.SIGTERM)
+        assert await first.wait_async(within=5) == 0
+        await expect(alice.status).to_have_text("reconnecting")
+        await alice.type_message("kept over the reload")
+        await expect(alice.pending).to_have_count(1)
+        # While something is pending the page asks before the tab goes.
+        asks = await alice.page.evaluate(
+            "() => { const e = new Event('beforeunload', {cancelable: true});"
+            " window.dispatchEvent(e); return e.defaultPrevented; }"
+        )
+        assert asks is True
+        with contextlib.suppress(PlaywrightError):  # the server is down: an error page
+            await alice.page.reload()
+        assert [d.split(":")[0] for d in alice.dialogs] == ["beforeunload"]
+        alice.dialogs.clear()
+
+        second = start_server(db_dir, port=first.port)
+        servers.append(second)
+        await alice.page.goto(second.url + "/")
+        await alice.joined("alice")
+        await alice.see("kept over the reload")
+        await expect(alice.pending).to_have_count(0)
+        await bob.joined("bob")
+        await bob.see("kept over the reload")
+        stored = await alice.page.evaluate("sessionStorage.getItem('chat.outbox')")
+        assert stored is None
+        # Exactly once in the store, as a newcomer's replay shows it.
+        async with aiohttp.ClientSession() as http, http.ws_connect(second.ws_url) as ws:
+            carol = Peer(ws)
+            await carol.hello("carol")
+            joined = await carol.join("lobby")
+        texts = [m["text"] for m in joined["messages"]]
+        assert texts.count("kept over the reload") == 1, texts
+        for page in (alice, bob):
+            page.assert_no_page_errors()
+    finally:
+        await alice.close()
+        await bob.close()

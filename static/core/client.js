@@ -479,6 +479,7 @@ export class ChatCore {
     room.accept(m.id);
     if (entry && entry.room === room.name && sameNick(m.nick, this.me)) {
       this.outbox.delete(entry.cid);
+      this.emit('outboxChanged');
       return { message: m, entry };
     }
     return { message: m, entry: null };
@@ -489,6 +490,7 @@ export class ChatCore {
     const entry = this.outbox.get(f.cid);
     if (!entry) return; // the `message` came first and settled it already
     this.outbox.delete(entry.cid);
+    this.emit('outboxChanged');
     const room = this.rooms.get(entry.room);
     if (room) {
       const fresh = room.accept(f.id); // false: on screen already (replayed by `joined`)
@@ -643,6 +645,7 @@ export class ChatCore {
       this.emit('sayRetrying', entry, f.code);
     } else {
       this.outbox.delete(entry.cid);
+      this.emit('outboxChanged');
       this.emit('sayFailed', entry, f);
     }
     this.pump();
@@ -706,9 +709,28 @@ export class ChatCore {
   say(roomName, text) {
     const entry = this.outbox.add(this.env.newCid(), roomName, text);
     this.emit('sayQueued', entry);
+    this.emit('outboxChanged');
     this.pump();
     return entry;
   }
+
+  /**
+   * Messages kept across a reload (Outbox.snapshot, from the tab's storage): shown as
+   * pending again and sent with their own cids once their rooms are joined, so that
+   * each is delivered exactly once, whether or not the server had stored it already.
+   */
+  restorePending(saved) {
+    const added = this.outbox.restore(saved);
+    for (const entry of added) {
+      this.addRoom(entry.room);
+      this.emit('sayQueued', entry);
+    }
+    if (added.length) this.pump();
+    return added;
+  }
+
+  /** Whether anything typed is not yet acknowledged (a reload or close would risk it). */
+  hasPending() { return this.outbox.entries.size > 0; }
 
   /** Add a room (joined now if welcomed, else after `welcome`); the Room. */
   addRoom(name) {
@@ -738,7 +760,7 @@ export class ChatCore {
     if (!room) return;
     this.rooms.delete(name);
     this.cancel(`history:${name}`);
-    this.outbox.dropRoom(name);
+    if (this.outbox.dropRoom(name).length) this.emit('outboxChanged');
     this.emit('roomRemoved', room);
   }
 
