@@ -9,6 +9,7 @@
 import { counts, shouldNotify, tabTitle } from './core/attention.js';
 import { dayLabel, placement, timeLabel, wantsOlder } from './core/layout.js';
 import { NICK_RE, codePoints, sameNick } from './core/nick.js';
+import { neighbourRoom, presenceLine } from './core/room.js';
 import { mentionsMe, pieces } from './core/text.js';
 
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
@@ -92,6 +93,7 @@ export class View {
       composer: $('composer'), text: $('text'), send: $('send'), counter: $('counter'),
       token: $('token'), // only in token mode
       notify: $('notify'),
+      sidebar: $('sidebar'), panelToggle: $('panel-toggle'), panelUnread: $('panel-unread'),
     };
     // Where the person signs in: the token field in token mode, else the nick field.
     this.signInField = this.el.token || this.el.nick;
@@ -291,7 +293,10 @@ export class View {
     const badge = document.createElement('span');
     badge.className = 'unread';
     open.append(label, badge);
-    open.addEventListener('click', () => this.showRoom(room.name));
+    open.addEventListener('click', () => {
+      this.showRoom(room.name);
+      this.togglePanel(false); // on a phone, back to the log
+    });
     const leave = document.createElement('button');
     leave.type = 'button';
     leave.className = 'room-leave';
@@ -336,6 +341,11 @@ export class View {
     }
     const title = tabTitle(this.core.rooms.has(this.current) ? this.current : null, unread, mentions);
     if (document.title !== title) document.title = title;
+    // On a phone the room list is folded away: its toggle carries the count instead.
+    const others = unread - (this.shown.get(this.current)?.unread || 0);
+    this.el.panelUnread.textContent = others ? String(others) : '';
+    this.el.panelUnread.hidden = !others;
+    this.el.panelToggle.setAttribute('aria-label', others ? `Rooms, ${others} unread` : 'Rooms');
   }
 
   // The tab is back in sight: what is on screen is read now.
@@ -454,6 +464,12 @@ export class View {
     }
   }
 
+  // Phones: the rooms and members panel, folded away unless asked for.
+  togglePanel(open = !this.el.sidebar.classList.contains('open')) {
+    this.el.sidebar.classList.toggle('open', open);
+    this.el.panelToggle.setAttribute('aria-expanded', String(open));
+  }
+
   // ------------------------------------------------------------------ notifications
 
   notifyOn() { return storage(NOTIFY_KEY) === 'on'; }
@@ -482,6 +498,15 @@ export class View {
 
   presence(room, f) {
     if (f.event === 'leave') this.stopTyping(room, f.nick);
+    // A quiet line in the log, after the newest message: the log is a live region, so
+    // it is announced once, as the member list (not live) changes silently.
+    const view = this.captureScroll(room);
+    const li = document.createElement('li');
+    li.className = 'presence';
+    li.dir = 'auto';
+    li.textContent = presenceLine(f);
+    this.placeNode(room, li, room.maxId + 0.5);
+    this.restoreScroll(room, view, false, false);
     if (room.name === this.current) {
       this.renderMembers();
       this.renderTyping();
@@ -546,11 +571,18 @@ export class View {
   // line and for the one after it whenever lines are placed, moved or dropped.
   decorate(li) {
     if (!li || !li.classList.contains('message')) return;
-    const before = li.previousElementSibling;
+    // Join and leave lines sit between messages without starting a new day; the header
+    // is repeated below them, though, as it is no longer in sight of the line.
+    let before = li.previousElementSibling;
+    let quiet = false;
+    while (before && before.classList.contains('presence')) {
+      before = before.previousElementSibling;
+      quiet = true;
+    }
     const info = (node) => ({ nick: node.dataset.nick, ts: Number(node.dataset.ts) });
     const prev = before && before.classList.contains('message') ? info(before) : null;
     const { divider, grouped } = placement(prev, info(li));
-    li.classList.toggle('grouped', grouped);
+    li.classList.toggle('grouped', grouped && !quiet);
     let day = li.querySelector(':scope > .day');
     if (divider) {
       if (!day) {
@@ -819,6 +851,7 @@ export class View {
     this.el.roomError.textContent = '';
     this.el.roomName.value = '';
     this.openRoom(name);
+    this.togglePanel(false);
     this.el.text.focus();
   }
 
@@ -864,6 +897,16 @@ export class View {
       }
     });
     el.notify.addEventListener('click', () => this.toggleNotify());
+    el.panelToggle.addEventListener('click', () => this.togglePanel());
+    // Alt+Up / Alt+Down: the previous / next room, from anywhere on the page (the hint
+    // under the room list says so). Alt with arrows moves nothing in a text field.
+    document.addEventListener('keydown', (ev) => {
+      if (!ev.altKey || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+      if (ev.key !== 'ArrowUp' && ev.key !== 'ArrowDown') return;
+      const next = neighbourRoom([...this.core.rooms.keys()], this.current, ev.key === 'ArrowUp' ? -1 : 1);
+      ev.preventDefault();
+      if (next) this.showRoom(next);
+    });
     // Something typed is not acknowledged yet: ask before the tab goes. A reload keeps it
     // (sessionStorage) and sends it again, but closing the tab would lose it.
     window.addEventListener('beforeunload', (ev) => {
