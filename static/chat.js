@@ -16,10 +16,11 @@ function newCid() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-// Relative to the page, not to the host: the app may be mounted under a path prefix
-// (a proxy's `location /chat/`), and then `ws` is `/chat/ws`.
+// The server names its routes from the app's root (`/ws`); the page is served at that
+// root, so they are resolved against the page, not the host: under a path prefix (a
+// proxy's `location /chat/`) `/ws` is `/chat/ws`.
 function wsUrl(path) {
-  const url = new URL(path, location.href);
+  const url = new URL(`.${path.startsWith('/') ? path : `/${path}`}`, location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   return url.href;
 }
@@ -40,7 +41,7 @@ const data = document.body.dataset;
 // Token mode (`auth.secret` set on the server): `hello` carries a token, whose subject
 // is the nick, instead of a nick the person picks.
 const tokenMode = data.auth === 'token';
-const url = wsUrl(data.wsPath || 'ws');
+const url = wsUrl(data.wsPath || '/ws');
 
 const core = new ChatCore({
   env: {
