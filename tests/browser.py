@@ -111,11 +111,12 @@ class ChatPage:
         width: int = 1000,
         height: int = 700,
         color_scheme: Literal["light", "dark"] = "light",
+        timezone_id: str = "UTC",
     ) -> ChatPage:
         context = await browser.new_context(
             viewport={"width": width, "height": height},
             locale="en-GB",
-            timezone_id="UTC",
+            timezone_id=timezone_id,
             color_scheme=color_scheme,
         )
         context.set_default_timeout(WAIT)
