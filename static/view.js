@@ -526,8 +526,9 @@ export class View {
   history(room, items) {
     const current = room.name === this.current;
     // Older messages go above: keep the line the reader is looking at where it is on
-    // screen. Measured on that line, not on scrollHeight, because Chromium's own scroll
-    // anchoring may or may not have moved the view already (it does not at the very top).
+    // screen. Measured on that line: Chromium's scroll anchoring moves the view by
+    // itself when it is not at the very top (now usual, as the page asks ahead), and
+    // other browsers may not, and this holds either way.
     const anchor = current ? this.firstVisibleLine() : null;
     const before = anchor ? anchor.getBoundingClientRect().top : 0;
     for (const item of items) this.showItem(room, item);
