@@ -28,6 +28,9 @@ const BOTTOM_SLACK = 40;       // px from the bottom that still count as "at the
 // Messages a room keeps in the page; older ones come back with "Load older messages".
 // A tab may stay open for weeks in a busy room, and every line costs memory and layout.
 const MAX_SHOWN = 1000;
+// Join and leave lines a room keeps: a room with much coming and going and few
+// messages would otherwise grow them without bound (trimming counts messages).
+const MAX_QUIET = 200;
 
 const $ = (id) => document.getElementById(id);
 
@@ -506,6 +509,12 @@ export class View {
     li.dir = 'auto';
     li.textContent = presenceLine(f);
     this.placeNode(room, li, room.maxId + 0.5);
+    const quiet = this.shown.get(room.name).list.querySelectorAll(':scope > .presence');
+    if (quiet.length > MAX_QUIET) {
+      const next = quiet[0].nextElementSibling;
+      quiet[0].remove();
+      this.decorate(next);
+    }
     this.restoreScroll(room, view, false, false);
     if (room.name === this.current) {
       this.renderMembers();

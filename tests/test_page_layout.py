@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Final, Literal
+import time
+from typing import Any, Final, Literal
 
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Browser, expect
 
 from tests.browser import (
+    ChatPage,
     OpenPage,
     browser_fixture,  # noqa: F401 (fixtures, found by pytest under their names)
     open_page_fixture,  # noqa: F401
+    scripted_page_server,
     server_fixture,  # noqa: F401
     servers_fixture,  # noqa: F401
+    welcome_for,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -130,3 +134,37 @@ async def test_join_and_leave_are_quiet_log_lines_and_alt_arrows_switch_rooms(
         await expect(page.locator("#room-title")).to_have_text(room)
     await expect(page.locator("#text")).to_be_focused()
     alice.assert_no_page_errors()
+
+
+async def test_a_room_keeps_at_most_200_join_and_leave_lines(browser: Browser) -> None:
+    """Much coming and going: the oldest presence lines go past 200, messages stay."""
+
+    async def answer(frame: dict[str, Any]) -> list[dict[str, Any]]:
+        if frame["type"] == "hello":
+            return [welcome_for(frame["nick"])]
+        if frame["type"] == "join":
+            said = {"type": "message", "room": "lobby", "id": 1, "nick": "bob", "text": "hi",
+                    "ts": int(time.time() * 1000), "cid": None}  # fmt: skip
+            joined = {"type": "joined", "room": "lobby", "epoch": "e1", "members": ["alice"],
+                      "messages": [said], "complete": True}  # fmt: skip
+            churn = [
+                {"type": "presence", "room": "lobby", "event": event, "nick": f"u{n}",
+                 **({"reason": "left"} if event == "leave" else {})}
+                for n in range(150)
+                for event in ("join", "leave")
+            ]  # fmt: skip
+            return [joined, *churn]
+        return []
+
+    async with scripted_page_server(answer) as url:
+        alice = await ChatPage.open(browser, url)
+        try:
+            await alice.sign_in("alice")
+            quiet = alice.page.locator("#messages li.presence")
+            await expect(quiet.last).to_have_text("u149 left")
+            await expect(quiet).to_have_count(200)
+            await expect(quiet.first).to_have_text("u50 joined")
+            await alice.see("hi")
+            alice.assert_no_page_errors()
+        finally:
+            await alice.close()
