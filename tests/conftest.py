@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
 
 import aiohttp
 import pytest
@@ -212,3 +213,19 @@ async def connect(client: TestClient[Any, Any]) -> Connect:
         return peer
 
     return _connect
+
+
+REPO: Final = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _checkout_stays_clean() -> Iterator[None]:
+    """Fail the run if a test left a history database in the checkout.
+
+    Every server and store a test starts belongs in a temporary directory; a `chat.db`
+    already there (a server someone runs in the checkout) is left alone and not blamed.
+    """
+    before = {path.name for path in REPO.glob("chat.db*")}
+    yield
+    left = sorted({path.name for path in REPO.glob("chat.db*")} - before)
+    assert not left, f"tests left {left} in {REPO}"

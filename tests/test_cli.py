@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -143,9 +144,12 @@ def read_text_frame(sock: socket.socket) -> dict[str, Any]:
 # --- 1, 2: start-up, page and assets
 
 
-def test_port_zero_prints_one_listening_line_and_serves() -> None:
+def test_port_zero_prints_one_listening_line_and_serves(tmp_path: Path) -> None:
     """`--port 0` prints exactly one line with the real port; health, page and assets serve."""
-    with ServerProcess(cwd=ROOT) as server:
+    # The shipped config.yaml, read from the cwd as in the README, but in a temporary
+    # directory: its relative chat.db must not land in (or collide with) the checkout.
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    with ServerProcess(cwd=tmp_path) as server:
         assert server.host == "127.0.0.1"
         assert server.port > 0
         status, kind, body = http_get(server.url + "/healthz")
