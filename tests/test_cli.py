@@ -23,7 +23,14 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from tests.serverproc import ServerProcess, run_chat, server_env, tree_files, write_config
+from tests.serverproc import (
+    STARTUP_TIMEOUT,
+    ServerProcess,
+    run_chat,
+    server_env,
+    tree_files,
+    write_config,
+)
 
 ROOT: Final = Path(__file__).parents[1]
 DEADLINE: Final = 5.0  # s: the most any single network wait may take
@@ -510,3 +517,28 @@ def test_wheel_carries_templates_and_static_files(tmp_path: Path) -> None:
     static = {name for name in names if name.startswith("chat/static/")}
     assert static, names
     assert static == {f"chat/static/{rel.as_posix()}" for rel in tree_files(ROOT / "static")}
+
+
+# --- 9: help
+
+
+def test_help_names_the_installed_program_and_the_token_command() -> None:
+    """`chat --help` says `usage: chat` (not `python -m chat`) and shows `chat token`."""
+    script = Path(sys.executable).parent / "chat"
+    assert script.exists(), f"{script}: the installed `chat` script is missing"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True,
+                          timeout=STARTUP_TIMEOUT, check=False, env=server_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: chat "), done.stdout
+    assert "chat token NICK" in done.stdout, done.stdout
+    token = subprocess.run([str(script), "token", "--help"], capture_output=True, text=True,
+                           timeout=STARTUP_TIMEOUT, check=False, env=server_env())
+    assert token.stdout.startswith("usage: chat token "), token.stdout
+
+
+def test_help_under_dash_m_names_python_dash_m_chat() -> None:
+    """`python -m chat --help` says `usage: python -m chat` and shows the token command."""
+    done = run_chat("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m chat "), done.stdout
+    assert "python -m chat token NICK" in done.stdout, done.stdout
