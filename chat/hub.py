@@ -23,7 +23,7 @@ from chat.config import Config
 from chat.connection import Connection
 from chat.history import HistoryStore, Message
 from chat.metrics import Metrics
-from chat.protocol import Close, Invalid
+from chat.protocol import Close, ErrorCode, Invalid
 from chat.ratelimit import TokenBucket
 from chat.settings import settings_fields
 
@@ -41,7 +41,9 @@ DROPPED: Final = Dropped()
 
 Outcome = Invalid | Dropped | None
 
-ROOM_INVALID: Final = Invalid("room_invalid", "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None)
+ROOM_INVALID: Final = Invalid(
+    ErrorCode.ROOM_INVALID, "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -217,23 +219,25 @@ class Hub:
 
     async def hello(self, conn: Connection, event: protocol.Hello) -> Outcome:
         if conn.session is not None:
-            return Invalid("bad_request", "hello was already accepted on this connection", None)
+            return Invalid(
+                ErrorCode.BAD_REQUEST, "hello was already accepted on this connection", None
+            )
         allowed: frozenset[str] | None = None
         secret = self.config.auth.secret
         if secret is not None:
             try:
                 grant = auth.verify(event.token, event.nick, secret, time.time())
             except auth.Unauthorized as err:
-                return Invalid("unauthorized", str(err), None)
+                return Invalid(ErrorCode.UNAUTHORIZED, str(err), None)
             nick: str | None = grant.nick
             allowed = grant.rooms
         elif event.nick is None:
-            return Invalid("bad_request", "'nick' is required", None)
+            return Invalid(ErrorCode.BAD_REQUEST, "'nick' is required", None)
         else:
             nick = protocol.normalize_nick(event.nick)
         if nick is None:
             return Invalid(
-                "nick_invalid",
+                ErrorCode.NICK_INVALID,
                 "a nick is 1 to 32 letters, digits, '_', '-' or '.'",
                 None,
             )
@@ -241,7 +245,7 @@ class Hub:
         claim = Claim(event.session, nick, key, conn.id, secrets.token_urlsafe(24))
         claimed = await self.cluster.hello(claim)
         if isinstance(claimed, str):
-            return Invalid(claimed, f"the nick {nick!r} is in use", None)
+            return Invalid(ErrorCode(claimed), f"the nick {nick!r} is in use", None)
         if conn.closing:
             # Gone while the cluster answered: give the session back at once.
             self.cluster.end_session(claimed.session, conn.id, "closed")
@@ -256,14 +260,9 @@ class Hub:
         self.sessions[session.id] = session
         self.metrics.sessions.inc()
         conn.session = session
-        conn.send(protocol.encode({
-            "type": "welcome",
-            "version": protocol.VERSION,
-            "session": session.id,
-            "nick": session.nick,
-            "rooms": claimed.rooms,
-            **settings_fields(self.config),
-        }))
+        conn.send(protocol.welcome_frame(
+            session.id, session.nick, claimed.rooms, settings_fields(self.config)
+        ))
         return None
 
     async def join(self, conn: Connection, event: protocol.Join) -> Outcome:
@@ -275,7 +274,7 @@ class Hub:
         if not protocol.valid_room(name):
             return ROOM_INVALID
         if session.allowed is not None and name not in session.allowed:
-            return Invalid("forbidden_room", f"your token does not allow {name!r}", None)
+            return Invalid(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {name!r}", None)
         # The node follows the room before this connection registers, so every message
         # after the replay below reaches it through the feed.
         await self.cluster.watch(name)
@@ -285,7 +284,9 @@ class Hub:
         if isinstance(entered, str):
             self._unwatch_if_unused(name)
             return Invalid(
-                entered, f"a session may be in {self.config.limits.max_rooms} rooms", None
+                ErrorCode(entered),
+                f"a session may be in {self.config.limits.max_rooms} rooms",
+                None,
             )
         if conn.closing or self.sessions.get(session.id) is not session:
             self._unwatch_if_unused(name)
@@ -312,14 +313,13 @@ class Hub:
         if conn.closing or name not in conn.rooms:
             return None
         room.receivers[conn] = replay.last_id
-        conn.send(protocol.encode({
-            "type": "joined",
-            "room": name,
-            "epoch": replay.epoch,
-            "members": protocol.sort_nicks(entered.members),
-            "messages": [message.frame() for message in replay.messages],
-            "complete": replay.complete,
-        }), exempt=True)
+        conn.send(protocol.joined_frame(
+            name,
+            replay.epoch,
+            entered.members,
+            [message.frame() for message in replay.messages],
+            replay.complete,
+        ), exempt=True)
         for msg_id, data in held:
             if msg_id is None or msg_id > replay.last_id:
                 conn.send(data, exempt=True)
@@ -345,7 +345,7 @@ class Hub:
         if room is not None:
             room.receivers.pop(conn, None)
             self._forget_if_empty(room)
-        conn.send(protocol.encode({"type": "left", "room": name}))
+        conn.send(protocol.left_frame(name))
         return None
 
     def _joined_room(self, conn: Connection, name: str) -> Room | Invalid:
@@ -353,7 +353,7 @@ class Hub:
             return ROOM_INVALID
         room = self.rooms.get(name)
         if room is None or name not in conn.rooms:
-            return Invalid("not_joined", f"join {name!r} first", None)
+            return Invalid(ErrorCode.NOT_JOINED, f"join {name!r} first", None)
         return room
 
     async def say(self, conn: Connection, event: protocol.Say) -> Outcome:
@@ -377,7 +377,10 @@ class Hub:
                     conn.send(_ack(original))
                     return None
             return Invalid(
-                "rate_limited", "too many messages; slow down", None, retry_after=retry_after
+                ErrorCode.RATE_LIMITED,
+                "too many messages; slow down",
+                None,
+                retry_after=retry_after,
             )
         # The ack and the publication happen in `stored`, which the store calls the
         # moment the message is durable, in id order (so members receive messages in id
@@ -389,7 +392,7 @@ class Hub:
             conn.send(_ack(message))
             if created:
                 self.metrics.messages.inc()
-                self.cluster.publish(message, protocol.encode(message.frame()))
+                self.cluster.publish(message, message.encoded())
 
         await self.store.append(
             room.name, session.nick, session.key, event.text, event.cid, now_ms(), stored
@@ -416,7 +419,7 @@ class Hub:
             )
         retry_after = bucket.take(now)
         if retry_after > 0:
-            return Invalid("rate_limited", "too many joins and leaves; slow down", None,
+            return Invalid(ErrorCode.RATE_LIMITED, "too many joins and leaves; slow down", None,
                            retry_after=retry_after)
         return None
 
@@ -431,7 +434,7 @@ class Hub:
         if last is not None and now - last < TYPING_EVERY:
             return DROPPED
         conn.typing_at[room.name] = now
-        frame = protocol.encode({"type": "typing", "room": room.name, "nick": session.nick})
+        frame = protocol.typing_frame(room.name, session.nick)
         await self.cluster.typing(room.name, session.id, frame)
         return None
 
@@ -440,12 +443,9 @@ class Hub:
         if isinstance(room, Invalid):
             return room
         page = await self.store.page(room.name, event.before, event.limit)
-        conn.send(protocol.encode({
-            "type": "history",
-            "room": room.name,
-            "messages": [message.frame() for message in page.messages],
-            "more": page.more,
-        }))
+        conn.send(protocol.history_frame(
+            room.name, [message.frame() for message in page.messages], page.more
+        ))
         return None
 
     def _room(self, name: str) -> Room:
@@ -464,6 +464,4 @@ class Hub:
 
 
 def _ack(message: Message) -> bytes:
-    return protocol.encode({
-        "type": "ack", "cid": message.cid, "room": message.room, "id": message.id, "ts": message.ts
-    })
+    return protocol.ack_frame(message.cid, message.room, message.id, message.ts)

@@ -21,7 +21,7 @@ from chat.hub import DROPPED, Hub, Outcome, now_ms
 from chat.keys import HUB, PROXIES
 from chat.metrics import close_label
 from chat.policy import client_address, origin_allowed, own_origin, trusted_peer
-from chat.protocol import Close, Invalid
+from chat.protocol import Close, ErrorCode, Invalid
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,9 @@ async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]
             outcome = await _handle(hub, conn, request)
         except BackendUnavailable as err:
             # Not the client's fault: neither counts toward nor resets the errors in a row.
-            unavailable = Invalid("unavailable", str(err), None, retry_after=err.retry_after)
+            unavailable = Invalid(
+                ErrorCode.UNAVAILABLE, str(err), None, retry_after=err.retry_after
+            )
             _send_error(hub, conn, unavailable, request, counts=False)
             continue
         except Exception:
@@ -204,9 +206,9 @@ async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
         # Before hello every type but hello and ping gets hello_required, unknown and
         # ill-formed ones included; a frame with no string type keeps its own error.
         if not isinstance(request, Invalid):
-            return Invalid("hello_required", "say hello first", None)
+            return Invalid(ErrorCode.HELLO_REQUIRED, "say hello first", None)
         if request.kind not in (None, "hello", "ping"):
-            return Invalid("hello_required", "say hello first", request.ref)
+            return Invalid(ErrorCode.HELLO_REQUIRED, "say hello first", request.ref)
     if isinstance(request, Invalid):
         return request
     match request:
@@ -237,7 +239,7 @@ def _send_error(
         ref = cid if cid is not None else _KIND.get(type(request))
     conn.send(protocol.error_frame(error.code, error.message, ref, error.retry_after))
     hub.metrics.errors.labels(error.code).inc()
-    if error.code == "unauthorized":
+    if error.code is ErrorCode.UNAUTHORIZED:
         conn.close(Close.UNAUTHORIZED, "unauthorized")
         return
     if not counts:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chat import protocol
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,16 +48,12 @@ class Message:
     cid: str | None
 
     def frame(self) -> dict[str, Any]:
-        """The `message` frame exactly as broadcast (also the item of `joined`/`history`)."""
-        return {
-            "type": "message",
-            "room": self.room,
-            "id": self.id,
-            "nick": self.nick,
-            "text": self.text,
-            "ts": self.ts,
-            "cid": self.cid,
-        }
+        """The `message` frame as an object (the item of `joined` and `history`)."""
+        return protocol.message_fields(self.room, self.id, self.nick, self.text, self.ts, self.cid)
+
+    def encoded(self) -> bytes:
+        """The `message` frame exactly as broadcast."""
+        return protocol.message_frame(self.room, self.id, self.nick, self.text, self.ts, self.cid)
 
 
 @dataclass(frozen=True, slots=True)

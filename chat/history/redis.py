@@ -20,7 +20,7 @@ from chat.history import Message, Page, Replay, Stored, announce, plan_replay
 
 
 def _frame_parts(room: str, nick: str, text: str, ts: int, cid: str | None) -> tuple[bytes, bytes]:
-    """The `message` frame around its id, byte for byte as `Message.frame()` encodes."""
+    """The `message` frame around its id, byte for byte as `protocol.message_frame` encodes."""
     dumps = orjson.dumps
     head = b'{"type":"message","room":' + dumps(room) + b',"id":'
     tail = (
