@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from chat.cluster.redis_link import RedisLink
 from chat.history import Message, Page, Replay, Stored, announce, plan_replay
+
+_MAX_ID: Final = 2**64 - 1  # the largest stream id part
 
 
 def _frame_parts(room: str, nick: str, text: str, ts: int, cid: str | None) -> tuple[bytes, bytes]:
@@ -138,7 +140,9 @@ class RedisHistory:
         return Replay(epoch, messages, plan.complete, newest)
 
     async def page(self, room: str, before: int | None, limit: int) -> Page:
-        top = "+" if before is None else f"({max(before, 1)}-0"
+        # Stream ids are unsigned 64-bit: a `before` past them bounds nothing, and Redis
+        # refuses the id outright (the protocol sets no upper bound on `before`).
+        top = "+" if before is None else f"({min(max(before, 1), _MAX_ID)}-0"
         if before is not None and before <= 1:
             return Page([], False)
         entries = await self.link.run(
