@@ -21,7 +21,7 @@ from chat import auth, protocol
 from chat.cluster import Claim, Cluster
 from chat.config import Config
 from chat.connection import Connection
-from chat.history import HistoryStore, Message
+from chat.history import HistoryStore, Message, NewMessage
 from chat.metrics import Metrics
 from chat.protocol import Close, ErrorCode, Invalid
 from chat.ratelimit import TokenBucket
@@ -394,9 +394,8 @@ class Hub:
                 self.metrics.messages.inc()
                 self.cluster.publish(message, message.encoded())
 
-        await self.store.append(
-            room.name, session.nick, session.key, event.text, event.cid, now_ms(), stored
-        )
+        new = NewMessage(room.name, session.nick, session.key, event.text, event.cid, now_ms())
+        await self.store.append(new, stored)
         return None
 
     def _bucket(self, conn: Connection) -> TokenBucket:

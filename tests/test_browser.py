@@ -33,7 +33,7 @@ from tests.browser import (
     launch_chromium,
     start_server,
 )
-from tests.conftest import Peer, make_config
+from tests.helpers import Peer, make_config
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]

@@ -23,6 +23,8 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from tests.helpers import DEADLINE
+from tests.rawws import masked_frame
 from tests.serverproc import (
     STARTUP_TIMEOUT,
     ServerProcess,
@@ -33,7 +35,6 @@ from tests.serverproc import (
 )
 
 ROOT: Final = Path(__file__).parents[1]
-DEADLINE: Final = 5.0  # s: the most any single network wait may take
 SHUTDOWN_TIMEOUT: Final = 2.0
 SLACK: Final = 1.0  # s allowed beyond server.shutdown_timeout for the process to exit
 
@@ -115,17 +116,6 @@ def raw_ws(host: str, port: int) -> socket.socket:
         head += chunk
     assert head.startswith(b"HTTP/1.1 101 "), head
     return sock
-
-
-def masked_text_frame(text: str) -> bytes:
-    payload = text.encode()
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    return (
-        bytes([0x81, 0x80 | len(payload)])
-        + mask
-        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    )
 
 
 def read_text_frame(sock: socket.socket) -> dict[str, Any]:
@@ -220,7 +210,7 @@ def test_sigterm_exits_in_time_with_a_client_that_never_reads(tmp_path: Path) ->
     config = write_config(tmp_path, FAST)
     with ServerProcess("--config", str(config), cwd=tmp_path) as server:
         with raw_ws(server.host, server.port) as sock:
-            sock.sendall(masked_text_frame(json.dumps({"type": "hello", "nick": "mute"})))
+            sock.sendall(masked_frame(json.dumps({"type": "hello", "nick": "mute"}).encode()))
             assert read_text_frame(sock)["type"] == "welcome"
             # From here on the socket is never read again, nor answers the close.
             started = time.monotonic()
@@ -461,9 +451,9 @@ async def test_debug_log_level_garbage_client_logs_end_once_without_noise(tmp_pa
         # b says hello, sends garbage and drops TCP without a close handshake.
         sock = raw_ws(server.host, server.port)
         with sock:
-            sock.sendall(masked_text_frame(json.dumps({"type": "hello", "nick": "b"})))
+            sock.sendall(masked_frame(json.dumps({"type": "hello", "nick": "b"}).encode()))
             assert read_text_frame(sock)["type"] == "welcome"
-            sock.sendall(masked_text_frame("not json"))
+            sock.sendall(masked_frame(b"not json"))
             assert read_text_frame(sock)["code"] == "bad_json"
 
         await asyncio.to_thread(server.wait_stderr, "nick=a", DEADLINE)

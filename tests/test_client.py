@@ -32,10 +32,9 @@ from chat.client.state import (
 from chat.keys import METRICS
 from chat.protocol import Close
 from chat.ratelimit import TokenBucket
-from tests.conftest import FAST, Connect, make_config
+from tests.conftest import Connect
+from tests.helpers import DEADLINE, FAST, make_config
 from tests.serverproc import ServerProcess, server_env, write_config
-
-DEADLINE: Final = 5.0  # s: the most any single wait may take
 
 
 class TopRandom(random.Random):

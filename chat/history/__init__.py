@@ -57,6 +57,18 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store: what `HistoryStore.append` takes. The store gives it its id."""
+
+    room: str
+    nick: str  # as shown
+    key: str  # the nick's comparison form: a cid is unique per (room, key)
+    text: str
+    cid: str | None
+    ts: int  # ms since the epoch
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """What a `joined` carries: the room's epoch, the messages, and whether nothing is missing."""
 
@@ -134,16 +146,7 @@ class HistoryStore(Protocol):
     async def check(self) -> str:
         """'ok' when the backend answers, else a short reason."""
 
-    async def append(
-        self,
-        room: str,
-        nick: str,
-        key: str,
-        text: str,
-        cid: str | None,
-        ts: int,
-        stored: Stored | None = None,
-    ) -> tuple[Message, bool]:
+    async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
         """Store a message, or return the stored one with the same (room, key, cid).
 
         The bool is True when the message is new. Returns once the message is durable.

@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from chat.cluster.redis_link import RedisLink
-from chat.history import Message, Page, Replay, Stored, announce, plan_replay
+from chat.history import Message, NewMessage, Page, Replay, Stored, announce, plan_replay
 
 _MAX_ID: Final = 2**64 - 1  # the largest stream id part
 
@@ -64,16 +64,8 @@ class RedisHistory:
             return str(err)
         return "ok"
 
-    async def append(
-        self,
-        room: str,
-        nick: str,
-        key: str,
-        text: str,
-        cid: str | None,
-        ts: int,
-        stored: Stored | None = None,
-    ) -> tuple[Message, bool]:
+    async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
+        room, nick, key, text, cid, ts = new.room, new.nick, new.key, new.text, new.cid, new.ts
         keys = self.keys
         head, tail = _frame_parts(room, nick, text, ts, cid)
         started = time.perf_counter()
