@@ -15,12 +15,11 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from chat import auth, protocol
 from chat.cluster import Claim, Cluster
 from chat.config import Config
-from chat.connection import Connection
 from chat.history import HistoryStore, Message, NewMessage
 from chat.metrics import Metrics
 from chat.protocol import Close, ErrorCode, Invalid
@@ -46,6 +45,35 @@ ROOM_INVALID: Final = Invalid(
 )
 
 
+class Receiver(Protocol):
+    """What the hub uses of a connection (chat.connection.Connection is the real one).
+
+    The hub never awaits a receiver: `send` and `send_room` only queue, `abort` only
+    starts the end. Tests drive the hub with a fake that records frames.
+    """
+
+    id: str  # set by Hub.register; unique on this node
+    remote: str  # the client's address, for the per-address cap
+    session: Session | None
+    rooms: set[str]  # rooms whose frames reach it
+    # Rooms whose `joined` is being prepared: the live frames held meanwhile, by id.
+    pending: dict[str, list[tuple[int | None, bytes]]]
+    typing_at: dict[str, float]  # clock time of the last relayed `typing`, per room
+
+    @property
+    def closing(self) -> bool: ...
+
+    def send(self, data: bytes, *, exempt: bool = False) -> None: ...
+
+    def send_room(self, room: str, data: bytes, msg_id: int | None = None) -> None: ...
+
+    def abort(self, code: int, reason: str) -> None: ...
+
+
+# The receiver type of one hub: Connection in the server, a fake in tests.
+R = TypeVar("R", bound=Receiver)
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     """A session held by a connection of this node."""
@@ -53,7 +81,7 @@ class Session:
     id: str
     nick: str  # normalised, in the spelling of the hello that created it
     key: str  # what nicks are compared by
-    conn: Connection
+    conn: Receiver
     allowed: frozenset[str] | None = None  # rooms a token permits; None: all
 
 
@@ -64,14 +92,14 @@ class Room:
     """
 
     name: str
-    receivers: dict[Connection, int] = field(default_factory=dict)
+    receivers: dict[Receiver, int] = field(default_factory=dict)
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Hub:
+class Hub(Generic[R]):
     def __init__(
         self,
         config: Config,
@@ -85,11 +113,11 @@ class Hub:
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.connections: set[Connection] = set()
+        self.connections: set[R] = set()
         self.sessions: dict[str, Session] = {}  # the sessions held on this node
         self.rooms: dict[str, Room] = {}  # rooms with a receiver on this node
-        self.buckets: dict[Connection, TokenBucket] = {}
-        self.join_buckets: dict[Connection, TokenBucket] = {}  # `join` and `leave`
+        self.buckets: dict[R, TokenBucket] = {}
+        self.join_buckets: dict[R, TokenBucket] = {}  # `join` and `leave`
         self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
         self._ids = itertools.count(1)
@@ -118,7 +146,7 @@ class Hub:
             return 429
         return None
 
-    def register(self, conn: Connection) -> None:
+    def register(self, conn: R) -> None:
         """Count a connection from the moment it is admitted (before the upgrade completes)."""
         conn.id = str(next(self._ids))
         self.per_ip[conn.remote] = self.per_ip.get(conn.remote, 0) + 1
@@ -126,7 +154,7 @@ class Hub:
         self._empty.clear()
         self.metrics.connections.inc()
 
-    def release(self, conn: Connection, reason: str = "closed") -> bool:
+    def release(self, conn: R, reason: str = "closed") -> bool:
         """Forget a connection and everything it held; idempotent. True the first time."""
         if conn not in self.connections:
             return False
@@ -157,7 +185,7 @@ class Hub:
         del self.sessions[session.id]
         self.metrics.sessions.dec()
 
-    def _drop_delivery(self, conn: Connection) -> None:
+    def _drop_delivery(self, conn: Receiver) -> None:
         for name in conn.rooms:
             room = self.rooms.get(name)
             if room is not None:
@@ -198,7 +226,7 @@ class Hub:
 
     def lost(self, reason: str, room: str | None = None) -> None:
         if room is None:
-            conns = list(self.connections)
+            conns: list[Receiver] = list(self.connections)
             # The cluster ended these sessions already; forget them without ending again.
             for session in list(self.sessions.values()):
                 self._forget_session(session)
@@ -209,7 +237,7 @@ class Hub:
             self._drop_delivery(conn)
             conn.abort(Close.INTERNAL, reason)
 
-    def _replace(self, old: Connection) -> None:
+    def _replace(self, old: Receiver) -> None:
         # The old connection stops receiving at once; its release later leaves the
         # session alone because this node no longer holds it for that connection.
         self._drop_delivery(old)
@@ -217,7 +245,7 @@ class Hub:
 
     # ------------------------------------------------------------ requests
 
-    async def hello(self, conn: Connection, event: protocol.Hello) -> Outcome:
+    async def hello(self, conn: R, event: protocol.Hello) -> Outcome:
         if conn.session is not None:
             return Invalid(
                 ErrorCode.BAD_REQUEST, "hello was already accepted on this connection", None
@@ -265,7 +293,7 @@ class Hub:
         ))
         return None
 
-    async def join(self, conn: Connection, event: protocol.Join) -> Outcome:
+    async def join(self, conn: R, event: protocol.Join) -> Outcome:
         session = conn.session
         assert session is not None
         if (limited := self._join_limited(conn)) is not None:
@@ -329,7 +357,7 @@ class Hub:
         if name not in self.rooms:
             self.cluster.unwatch(name)
 
-    async def leave(self, conn: Connection, event: protocol.Leave) -> Outcome:
+    async def leave(self, conn: R, event: protocol.Leave) -> Outcome:
         session = conn.session
         assert session is not None
         if (limited := self._join_limited(conn)) is not None:
@@ -348,7 +376,7 @@ class Hub:
         conn.send(protocol.left_frame(name))
         return None
 
-    def _joined_room(self, conn: Connection, name: str) -> Room | Invalid:
+    def _joined_room(self, conn: Receiver, name: str) -> Room | Invalid:
         if not protocol.valid_room(name):
             return ROOM_INVALID
         room = self.rooms.get(name)
@@ -356,7 +384,7 @@ class Hub:
             return Invalid(ErrorCode.NOT_JOINED, f"join {name!r} first", None)
         return room
 
-    async def say(self, conn: Connection, event: protocol.Say) -> Outcome:
+    async def say(self, conn: R, event: protocol.Say) -> Outcome:
         session = conn.session
         assert session is not None
         room = self._joined_room(conn, event.room)
@@ -398,7 +426,7 @@ class Hub:
         await self.store.append(new, stored)
         return None
 
-    def _bucket(self, conn: Connection) -> TokenBucket:
+    def _bucket(self, conn: R) -> TokenBucket:
         bucket = self.buckets.get(conn)
         if bucket is None:
             rate = self.config.limits.rate
@@ -407,7 +435,7 @@ class Hub:
             )
         return bucket
 
-    def _join_limited(self, conn: Connection) -> Invalid | None:
+    def _join_limited(self, conn: R) -> Invalid | None:
         """Spend a token of the connection's `join`/`leave` bucket (limits.join_rate)."""
         now = self.clock()
         bucket = self.join_buckets.get(conn)
@@ -422,7 +450,7 @@ class Hub:
                            retry_after=retry_after)
         return None
 
-    async def typing(self, conn: Connection, event: protocol.Typing) -> Outcome:
+    async def typing(self, conn: R, event: protocol.Typing) -> Outcome:
         session = conn.session
         assert session is not None
         room = self._joined_room(conn, event.room)
@@ -437,7 +465,7 @@ class Hub:
         await self.cluster.typing(room.name, session.id, frame)
         return None
 
-    async def history(self, conn: Connection, event: protocol.HistoryRequest) -> Outcome:
+    async def history(self, conn: R, event: protocol.HistoryRequest) -> Outcome:
         room = self._joined_room(conn, event.room)
         if isinstance(room, Invalid):
             return room

@@ -118,7 +118,10 @@ def _scheme(request: web.Request, via_proxy: bool) -> str:
 
 
 async def _read(
-    hub: Hub, conn: Connection, ws: web.WebSocketResponse, requests: asyncio.Queue[Request]
+    hub: Hub[Connection],
+    conn: Connection,
+    ws: web.WebSocketResponse,
+    requests: asyncio.Queue[Request],
 ) -> None:
     async for msg in ws:
         conn.last_seen = hub.clock()
@@ -174,7 +177,9 @@ def _crash(conn: Connection, doing: str) -> None:
     conn.close(Close.INTERNAL, "unexpected server error")
 
 
-async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]) -> None:
+async def _dispatch(
+    hub: Hub[Connection], conn: Connection, requests: asyncio.Queue[Request]
+) -> None:
     while not conn.closing:
         await conn.replies_taken()
         request = await requests.get()
@@ -201,7 +206,7 @@ async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]
             conn.errors_in_row = 0
 
 
-async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
+async def _handle(hub: Hub[Connection], conn: Connection, request: Request) -> Outcome:
     if conn.session is None and not isinstance(request, protocol.Hello):
         # Before hello every type but hello and ping gets hello_required, unknown and
         # ill-formed ones included; a frame with no string type keeps its own error.
@@ -231,7 +236,7 @@ async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
 
 
 def _send_error(
-    hub: Hub, conn: Connection, error: Invalid, request: Request, counts: bool = True
+    hub: Hub[Connection], conn: Connection, error: Invalid, request: Request, counts: bool = True
 ) -> None:
     ref = error.ref
     if ref is None and not isinstance(request, Invalid):
@@ -249,7 +254,7 @@ def _send_error(
         conn.close(Close.POLICY, "too many errors in a row")
 
 
-def _log_end(hub: Hub, conn: Connection, ws: web.WebSocketResponse) -> None:
+def _log_end(hub: Hub[Connection], conn: Connection, ws: web.WebSocketResponse) -> None:
     by_client = conn.close_code is None  # else the server chose the code
     code = ws.close_code if by_client else conn.close_code
     reason = conn.close_reason or ("closed by peer" if code is not None else "connection lost")
