@@ -564,3 +564,16 @@ async def test_recovery_cap_and_room_paging_hold_on_redis(make_node: MakeNode) -
     rest = await (await a.get("/api/rooms?limit=2&after=r1")).json()
     assert [room["room"] for room in rest] == ["r2", "r3"]
     assert (await a.get("/api/rooms?limit=0")).status == 400
+
+
+async def test_more_requests_at_once_than_pooled_connections(make_node: MakeNode) -> None:
+    """Many history requests at once all get their page (the Redis pool makes them wait)."""
+    a = await make_node({"limits": {"max_connections_per_ip": 500}})
+    peers = [await peer(a, f"p{n}") for n in range(90)]
+    for who in peers:
+        await who.join("crowd")
+    for who in peers:  # all at once (the test client itself opens at most 100 sockets)
+        await who.send({"type": "history", "room": "crowd"})
+    replies = [await who.expect_any(("history", "error")) for who in peers]
+    assert [reply["type"] for reply in replies] == ["history"] * len(peers)
+    assert (await a.get("/readyz")).status == 200

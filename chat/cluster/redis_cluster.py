@@ -52,6 +52,7 @@ class _Feed:
     ready: asyncio.Future[None] | None = None
     syncing: bool = False
     idle: bool = False  # no receiver on this node: unsubscribe at the next tick
+    suspect: int | None = None  # the stream's newest id when a check found the feed behind
     backlog: list[tuple[str, int, bytes]] = field(default_factory=list)
 
 
@@ -393,8 +394,13 @@ class RedisCluster:
             feed.syncing = False
         self._drain_backlog(feed)
 
-    async def _check_positions(self) -> None:
-        """Compare every feed with its room's stream; fill what pub/sub lost."""
+    async def _check_positions(self, *, after_break: bool = False) -> None:
+        """Compare every feed with its room's stream; fill what pub/sub lost.
+
+        A feed behind its stream may only have its next messages still on the way, so
+        a routine check fills it when it is still behind that mark at the next check;
+        after a break of the subscription it fills at once.
+        """
         feeds = [feed for feed in self.feeds.values() if feed.epoch is not None]
         if not feeds:
             return
@@ -413,9 +419,14 @@ class RedisCluster:
                 continue
             if epoch != feed.epoch:
                 self._restart(feed, epoch, int(last))
-            elif behind(feed.last, int(last)):
+            elif not behind(feed.last, int(last)):
+                feed.suspect = None
+            elif after_break or (feed.suspect is not None and behind(feed.last, feed.suspect)):
+                feed.suspect = None
                 self.metrics.redis_gaps.inc()
                 self._catch_up(feed)
+            else:
+                feed.suspect = int(last)
 
     # ------------------------------------------------------------ the subscription
 
@@ -440,7 +451,7 @@ class RedisCluster:
                     # Whatever was published while no subscription listened is in the
                     # streams: the position check finds it (or the next one does).
                     with contextlib.suppress(BackendUnavailable):
-                        await self._check_positions()
+                        await self._check_positions(after_break=True)
                     await reader
                 finally:
                     reader.cancel()

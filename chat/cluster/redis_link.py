@@ -18,7 +18,13 @@ from redis.asyncio.connection import Connection as RedisConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import (
+    MaxConnectionsError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat.cluster import scripts
@@ -29,12 +35,15 @@ from chat.metrics import Metrics
 
 logger = logging.getLogger("chat.redis")
 
+# Connections one node opens to Redis at most; more requests at once wait for one.
+POOL_SIZE: Final = 64
 # Seconds a client is told to wait before retrying a request answered `unavailable`.
 RETRY_AFTER: Final = 1.0
 # Replies that mean "not now" rather than "wrong": Redis is starting or cannot write.
 _TRANSIENT: Final = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "MISCONF", "TRYAGAIN")
 
 _T = TypeVar("_T")
+
 
 
 def durable(appendonly: str | None, appendfsync: str | None) -> bool:
@@ -65,13 +74,18 @@ class RedisLink:
         self.timeout = max(0.2, min(2.0, config.node_timeout / 4))
         # Any: redis-py's replies are typed as unions of every reply shape; the code that
         # reads them knows the shape of its own commands.
-        self.client: Any = aioredis.Redis.from_url(
+        # A bounded pool that makes a request wait its turn: the default pool refuses
+        # the 101st concurrent command ("Too many connections") instead.
+        pool = aioredis.BlockingConnectionPool.from_url(
             config.url,
+            max_connections=POOL_SIZE,
+            timeout=self.timeout,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0),
             redis_connect_func=self._on_connect,
         )
+        self.client: Any = aioredis.Redis(connection_pool=pool)
         self.up = False
         self.reason = "not connected yet"
         self.run_id: str | None = None
@@ -105,6 +119,9 @@ class RedisLink:
         try:
             return await call
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+            if _pool_exhausted(err):
+                # This node is busy, Redis is not away: `unavailable`, the link stays up.
+                raise BackendUnavailable("the server is busy; retry", RETRY_AFTER) from None
             raise self.failed(err) from None
         except ResponseError as err:
             if _transient(err):
@@ -199,6 +216,11 @@ class RedisLink:
                     self.healthy_since = self.clock()
                 for callback in self._on_restart:
                     callback()
+
+
+def _pool_exhausted(err: BaseException) -> bool:
+    # The blocking pool raises a plain ConnectionError when none came free in time.
+    return isinstance(err, MaxConnectionsError) or str(err) == "No connection available."
 
 
 def _transient(err: ResponseError) -> bool:
