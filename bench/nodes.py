@@ -1,0 +1,383 @@
+"""Benchmark two chat nodes on one Redis against one SQLite node.
+
+    .venv/bin/python bench/nodes.py [--setups sqlite,always,everysec] [--senders 50]
+                                    [--seconds 5] [--rate 500] [--rate-seconds 5]
+                                    [--repeat 3] [--profile DIR]
+
+Setups, each started afresh per run in a temporary directory, with `python -m chat`
+subprocesses on free ports of 127.0.0.1 (the per-connection rate limit lifted):
+
+- `sqlite`: one node, `history.backend: sqlite` (WAL, synchronous=FULL);
+- `always`: a `redis-server` with `appendonly yes` + `appendfsync always`, and two
+  nodes with `history.backend: redis` on it;
+- `everysec`: the same with `appendfsync everysec`.
+
+`--senders` clients join 5 rooms (`room{n % 5}`); with two nodes, sender n connects to
+node n % 2, so every room has members on both nodes. Measured, as in bench/say.py:
+
+1. throughput: each sender says and waits for its `ack`, in a loop (one in flight per
+   sender), for `--seconds`; acknowledged messages per second, all nodes together;
+2. at a fixed total rate of `--rate` say/s for `--rate-seconds` (open loop):
+   - ack latency: from sending a `say` to receiving its `ack`;
+   - delivery latency: from sending a `say` to a member of the room receiving the
+     `message`, on the other node (the cross-node path: Redis pub/sub to node B, then
+     node B's fan-out) and on the sender's own node. One sender per room and node
+     parses the broadcasts in this phase; every other client skips them unparsed, to
+     keep the load generator's share of the two cores small.
+
+Runs of the setups are interleaved; the median run (by throughput) of each setup is
+shown, then every run. `--profile DIR` runs `py-spy record` (raw collapsed stacks) on
+every node during each phase of each run; it costs CPU, so figures from a profiled run
+are not the benchmark's. Figures go in docs/benchmarks.md; nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+
+from say import Sender, pct  # bench/ is sys.path[0] when run as a script
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.redisproc import RedisServer  # noqa: E402
+
+ROOMS = 5
+SETUPS = ("sqlite", "always", "everysec")
+
+
+class Redis(RedisServer):
+    """tests.redisproc's redis-server, with the append-only file fsynced `fsync`."""
+
+    def __init__(self, directory: Path, fsync: str) -> None:
+        super().__init__(directory)
+        self.fsync = fsync
+
+    def args(self) -> list[str]:
+        args = super().args()
+        return [*args[: args.index("--appendfsync") + 1], self.fsync,
+                *args[args.index("--appendfsync") + 2:]]
+
+
+class Node:
+    """`python -m chat` on a free port of 127.0.0.1, with its stderr kept in a file."""
+
+    def __init__(self, name: str, history: dict[str, Any], redis_url: str | None,
+                 workdir: Path) -> None:
+        config: dict[str, Any] = {
+            "history": history,
+            # The benchmark measures the backend, not the per-connection rate limit.
+            "limits": {"rate": {"messages": 1_000_000, "per": 1, "burst": 1_000_000},
+                       "max_connections_per_ip": 10_000},
+        }
+        if redis_url is not None:
+            config["redis"] = {"url": redis_url, "prefix": "bench"}
+        path = workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.log = workdir / f"{name}.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "chat", "--config", str(path), "--host", "127.0.0.1",
+                 "--port", "0", "--log-level", "WARNING"],
+                cwd=workdir, stdout=subprocess.PIPE, stderr=log, text=True,
+                # The node runs this checkout's code, whatever the venv was installed from.
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.match(r"listening on (http://\S+)", line)
+        if not match:
+            self.proc.kill()
+            raise SystemExit(f"node {name} did not start: {line!r}\n{self.log.read_text()}")
+        self.http = match.group(1)
+        self.url = self.http.replace("http://", "ws://") + "/ws"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Probe:
+    """Send times by cid, and the delivery latencies the observers record."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, tuple[float, int]] = {}
+        self.other: list[float] = []  # received on a node other than the sender's
+        self.same: list[float] = []  # received on the sender's own node
+
+
+class Member(Sender):
+    """A sender on node `node`; as an observer it also times the room's messages."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, node: int, probe: Probe,
+                 observer: bool) -> None:
+        self.node = node
+        self.probe = probe
+        self.observer = observer
+        self.watching = False
+        super().__init__(ws)
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            data = msg.data
+            now = time.perf_counter()
+            if '"ack"' in data:
+                frame = orjson.loads(data)
+                if frame["type"] == "ack":
+                    future = self.waiting.pop(frame["cid"], None)
+                    if future is not None and not future.done():
+                        future.set_result(now)
+            elif self.watching and '"type":"message"' in data:
+                frame = orjson.loads(data)
+                sent = self.probe.sent.get(frame["cid"])
+                if sent is not None:
+                    start, node = sent
+                    (self.probe.same if node == self.node else self.probe.other).append(
+                        now - start)
+
+
+async def connect_all(urls: list[str], count: int, http: aiohttp.ClientSession,
+                      probe: Probe) -> list[Member]:
+    members = []
+    for n in range(count):
+        node = n % len(urls)
+        ws = await http.ws_connect(urls[node], autoping=True)
+        await ws.send_str(orjson.dumps({"type": "hello", "nick": f"bench{n}"}).decode())
+        await ws.receive(timeout=10)  # welcome
+        await ws.send_str(orjson.dumps({"type": "join", "room": f"room{n % ROOMS}"}).decode())
+        for _ in range(100):
+            if orjson.loads((await ws.receive(timeout=10)).data)["type"] == "joined":
+                break
+        else:
+            raise SystemExit(f"bench{n}: no joined")
+        # Senders 0 .. 2*ROOMS-1 cover every room on both nodes (ROOMS is odd).
+        members.append(Member(ws, node, probe, observer=n < ROOMS * len(urls)))
+    return members
+
+
+async def throughput(members: list[Member], seconds: float) -> float:
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def loop(n: int, member: Member) -> None:
+        nonlocal done
+        k = 0
+        while time.perf_counter() < deadline:
+            await member.say(f"room{n % ROOMS}", f"t{n}-{k}")
+            k += 1
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(n, m) for n, m in enumerate(members)))
+    return done / (time.perf_counter() - start)
+
+
+async def latency(members: list[Member], probe: Probe, rate: float, seconds: float,
+                  nodes: int) -> tuple[list[float], int]:
+    """Ack latencies, and how many messages no observer on another node received."""
+    for member in members:
+        member.watching = member.observer
+    total = int(rate * seconds)
+    interval = 1.0 / rate
+
+    async def one(member: Member, room: str, cid: str) -> float:
+        probe.sent[cid] = (time.perf_counter(), member.node)
+        return await member.say(room, cid)
+
+    start = time.perf_counter()
+    tasks = []
+    for k in range(total):
+        delay = start + k * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        n = k % len(members)
+        tasks.append(asyncio.create_task(one(members[n], f"room{n % ROOMS}", f"l{k}")))
+    acks = sorted(await asyncio.gather(*tasks))
+    # Each message has one observer on its sender's node and, with two nodes, one on
+    # the other: wait (bounded) for the last deliveries.
+    deadline = time.perf_counter() + 5
+    while (len(probe.same) < total or (nodes > 1 and len(probe.other) < total)) \
+            and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    for member in members:
+        member.watching = False
+    missing = (total - len(probe.other)) if nodes > 1 else 0
+    return acks, missing + total - len(probe.same)
+
+
+class Profiler:
+    """py-spy on every node for one phase; collapsed stacks in `directory`."""
+
+    def __init__(self, directory: Path | None, label: str, nodes: list[Node]) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if directory is None:
+            return
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        directory.mkdir(parents=True, exist_ok=True)
+        for n, node in enumerate(nodes):
+            self.procs.append(subprocess.Popen(
+                [pyspy, "record", "--format", "raw", "--rate", "200", "--nonblocking",
+                 "-p", str(node.proc.pid), "-o", str(directory / f"{label}-node{n}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        redis: Redis | None = None
+        nodes: list[Node] = []
+        try:
+            if setup == "sqlite":
+                nodes.append(Node("sqlite", {"backend": "sqlite",
+                                             "path": str(workdir / "bench.db")},
+                                  None, workdir))
+            else:
+                redis = Redis(workdir / "redis", setup)
+                redis.start()
+                for n in range(2):
+                    nodes.append(Node(f"node{n}", {"backend": "redis"}, redis.url, workdir))
+            probe = Probe()
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0)
+            ) as http:
+                members = await connect_all([node.url for node in nodes], args.senders,
+                                            http, probe)
+                await throughput(members, 1.0)  # warm up (Redis connection pools grow)
+                profiler = Profiler(args.profile, f"{setup}{index}-throughput", nodes)
+                rate = await throughput(members, args.seconds)
+                profiler.stop()
+                profiler = Profiler(args.profile, f"{setup}{index}-latency", nodes)
+                acks, missing = await latency(members, probe, args.rate, args.rate_seconds,
+                                              len(nodes))
+                profiler.stop()
+                gaps = 0
+                for node in nodes:
+                    async with http.get(node.http + "/metrics") as response:
+                        found = re.search(r"^chat_redis_gaps_total (\S+)$",
+                                          await response.text(), re.M)
+                        gaps += int(float(found.group(1))) if found else 0
+                for member in members:
+                    await member.ws.close()
+                    member.reader.cancel()
+        finally:
+            for node in nodes:
+                node.stop()
+            if redis is not None:
+                redis.stop()
+    other = sorted(probe.other)
+    same = sorted(probe.same)
+    result = {
+        "setup": setup,
+        "throughput": rate,
+        "p50": pct(acks, 0.50),
+        "p99": pct(acks, 0.99),
+        "max": acks[-1] * 1000,
+        "mean": statistics.fmean(acks) * 1000,
+        "x50": pct(other, 0.50) if other else None,
+        "x99": pct(other, 0.99) if other else None,
+        "xmax": other[-1] * 1000 if other else None,
+        "s50": pct(same, 0.50),
+        "s99": pct(same, 0.99),
+        "missing": missing,
+        "gaps": gaps,
+    }
+    print("  " + line(result), flush=True)
+    return result
+
+
+HEADER = (f"{'setup':8} {'acked say/s':>11} {'ack p50':>8} {'ack p99':>8} {'ack max':>8} "
+          f"{'B p50':>7} {'B p99':>7} {'B max':>7} {'A p50':>7} {'A p99':>7} {'lost':>4} "
+          f"{'gaps':>4}")
+
+
+def line(r: dict[str, Any]) -> str:
+    def ms(value: float | None, width: int = 7) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:{width}.2f}"
+
+    return (f"{r['setup']:8} {r['throughput']:11.0f} {ms(r['p50'], 8)} {ms(r['p99'], 8)} "
+            f"{ms(r['max'], 8)} {ms(r['x50'])} {ms(r['x99'])} {ms(r['xmax'])} "
+            f"{ms(r['s50'])} {ms(r['s99'])} {r['missing']:4d} {r['gaps']:4d}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--senders", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per setup, interleaved; the median run is shown")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy record every node into this directory")
+    args = parser.parse_args()
+    setups = args.setups.split(",")
+    for setup in setups:
+        if setup not in SETUPS:
+            parser.error(f"unknown setup {setup!r}; known: {', '.join(SETUPS)}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {platform.platform()}")
+    print(f"{args.senders} senders in {ROOMS} rooms, one say in flight each; latencies at "
+          f"{args.rate:g}/s; ms. B: delivered on the other node, A: on the sender's node")
+    print(HEADER, flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in setups}
+    # Interleaved, so a burst of other load on the machine hits every setup alike.
+    for index in range(args.repeat):
+        for setup in setups:
+            runs[setup].append(asyncio.run(run(setup, index, args)))
+    print(f"median of {args.repeat} interleaved runs (by throughput):")
+    print(HEADER)
+    medians = {s: sorted(runs[s], key=lambda r: r["throughput"])[len(runs[s]) // 2]
+               for s in setups}
+    for setup in setups:
+        print(line(medians[setup]))
+    if "sqlite" in setups:
+        for setup in setups:
+            if setup == "sqlite":
+                continue
+            pairs = [b["throughput"] / a["throughput"]
+                     for a, b in zip(runs["sqlite"], runs[setup], strict=True)]
+            print(f"{setup} / sqlite throughput: "
+                  f"{medians[setup]['throughput'] / medians['sqlite']['throughput']:.0%} "
+                  f"(medians); per interleaved run: "
+                  + ", ".join(f"{ratio:.0%}" for ratio in pairs))
+    for setup in setups:
+        print(f"{setup} ack p99 per run: "
+              + ", ".join(f"{r['p99']:.2f}" for r in runs[setup])
+              + (("; B p99 per run: " + ", ".join(f"{r['x99']:.2f}" for r in runs[setup]))
+                 if setup != "sqlite" else ""))
+
+
+if __name__ == "__main__":
+    main()
