@@ -116,6 +116,12 @@ class Node:
             self.proc.wait(10)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Probe:
     """Send times by cid, and the delivery latencies the observers record."""
 
@@ -275,7 +281,16 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
                                             http, probe)
                 await throughput(members, 1.0)  # warm up (Redis connection pools grow)
                 profiler = Profiler(args.profile, f"{setup}{index}-throughput", nodes)
+                pids = [node.proc.pid for node in nodes]
+                if redis is not None and redis.process is not None:
+                    pids.append(redis.process.pid)
+                before = [cpu_seconds(pid) for pid in pids]
+                gen_before = time.process_time()
                 rate = await throughput(members, args.seconds)
+                # CPU per acknowledged say, in µs: where the two cores went.
+                said = rate * args.seconds
+                cpu = [(cpu_seconds(pid) - b) / said * 1e6 for pid, b in zip(pids, before)]
+                gen_cpu = (time.process_time() - gen_before) / said * 1e6
                 profiler.stop()
                 profiler = Profiler(args.profile, f"{setup}{index}-latency", nodes)
                 acks, missing = await latency(members, probe, args.rate, args.rate_seconds,
@@ -311,6 +326,9 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
         "s99": pct(same, 0.99),
         "missing": missing,
         "gaps": gaps,
+        "cpu_nodes": sum(cpu[: len(nodes)]),
+        "cpu_redis": cpu[len(nodes)] if redis is not None else None,
+        "cpu_gen": gen_cpu,
     }
     print("  " + line(result), flush=True)
     return result
@@ -318,16 +336,18 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
 
 HEADER = (f"{'setup':8} {'acked say/s':>11} {'ack p50':>8} {'ack p99':>8} {'ack max':>8} "
           f"{'B p50':>7} {'B p99':>7} {'B max':>7} {'A p50':>7} {'A p99':>7} {'lost':>4} "
-          f"{'gaps':>4}")
+          f"{'gaps':>4}  {'CPU µs/say: nodes':>17} {'redis':>5} {'gen':>4}")
 
 
 def line(r: dict[str, Any]) -> str:
     def ms(value: float | None, width: int = 7) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:{width}.2f}"
 
+    redis_cpu = "-" if r["cpu_redis"] is None else f"{r['cpu_redis']:.0f}"
     return (f"{r['setup']:8} {r['throughput']:11.0f} {ms(r['p50'], 8)} {ms(r['p99'], 8)} "
             f"{ms(r['max'], 8)} {ms(r['x50'])} {ms(r['x99'])} {ms(r['xmax'])} "
-            f"{ms(r['s50'])} {ms(r['s99'])} {r['missing']:4d} {r['gaps']:4d}")
+            f"{ms(r['s50'])} {ms(r['s99'])} {r['missing']:4d} {r['gaps']:4d}  "
+            f"{r['cpu_nodes']:17.0f} {redis_cpu:>5} {r['cpu_gen']:4.0f}")
 
 
 def main() -> None:
