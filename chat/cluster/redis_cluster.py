@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from redis.exceptions import RedisError
+
 from chat import protocol
 from chat.cluster import Claim, Claimed, Entered, Node
 from chat.cluster.feed import Step, behind, step
@@ -222,11 +224,11 @@ class RedisCluster:
             ]
             if not names:
                 break
-            pipe = client.pipeline(transaction=False)
-            for name in names:
-                pipe.hlen(self.keys.members(name))
-                pipe.hget(self.keys.meta(name), "last")
-            counts = await self.link.run(pipe.execute())
+            async with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hlen(self.keys.members(name))
+                    pipe.hget(self.keys.meta(name), "last")
+                counts = await self.link.run(pipe.execute())
             for index, name in enumerate(names):
                 members, last = int(counts[2 * index]), int(counts[2 * index + 1] or 0)
                 if members or last:
@@ -294,7 +296,7 @@ class RedisCluster:
             if future is None or future.done():
                 future = self._confirm[channel] = loop.create_future()
             waits.append(future)
-        await self.link.run(pubsub.subscribe(*channels))
+        await pubsub.subscribe(*channels)
         try:
             await asyncio.wait_for(asyncio.gather(*waits), self.link.timeout * 4)
         except TimeoutError:
@@ -366,15 +368,15 @@ class RedisCluster:
         feeds = [feed for feed in self.feeds.values() if feed.epoch is not None]
         if not feeds:
             return
-        pipe = self.link.client.pipeline(transaction=False)
         keys = self.keys
-        for feed in feeds:
-            await self.link.position(
-                keys=[keys.meta(feed.room), keys.log(feed.room), keys.generation],
-                args=[secrets.token_hex(8)],
-                client=pipe,
-            )
-        replies = await self.link.run(pipe.execute())
+        async with self.link.client.pipeline(transaction=False) as pipe:
+            for feed in feeds:
+                await self.link.position(
+                    keys=[keys.meta(feed.room), keys.log(feed.room), keys.generation],
+                    args=[secrets.token_hex(8)],
+                    client=pipe,
+                )
+            replies = await self.link.run(pipe.execute())
         for feed, (epoch, last, _first) in zip(feeds, replies, strict=True):
             epoch = _str(epoch)
             if feed.epoch is None or feed.syncing or self.feeds.get(feed.room) is not feed:
@@ -408,8 +410,10 @@ class RedisCluster:
                 finally:
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
-            except BackendUnavailable:
-                pass
+            except (BackendUnavailable, RedisError, OSError) as err:
+                # The subscription alone may break (CLIENT KILL TYPE pubsub): that is no
+                # outage of Redis, so the link is left as it is.
+                logger.info("redis subscription lost (%s); subscribing again", err)
             except Exception:
                 logger.exception("redis subscription failed; subscribing again")
             finally:
@@ -426,7 +430,7 @@ class RedisCluster:
 
     async def _read(self, pubsub: Any) -> None:
         while True:
-            message = await self.link.run(pubsub.get_message(timeout=None))
+            message = await pubsub.get_message(timeout=None)
             if message is None:
                 continue
             kind = message["type"]

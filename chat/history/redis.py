@@ -162,7 +162,8 @@ class RedisHistory:
     async def lasts(self, names: list[str]) -> list[int]:
         if not names:
             return []
-        pipe = self.link.client.pipeline(transaction=False)
-        for name in names:
-            pipe.hget(self.keys.meta(name), "last")
-        return [int(value or 0) for value in await self.link.run(pipe.execute())]
+        async with self.link.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self.keys.meta(name), "last")
+            values = await self.link.run(pipe.execute())
+        return [int(value or 0) for value in values]

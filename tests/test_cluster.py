@@ -1,0 +1,319 @@
+"""Several nodes on one real Redis, in one process: every rule holds across nodes.
+
+Each node is the real app on a real socket (aiohttp_client(create_app(config))); the
+nodes share a real `redis-server` started on a free port in the test's directory.
+Tests about a node's death run nodes as processes: tests/test_cluster_failures.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from chat.app import create_app
+from chat.config import Config
+from chat.keys import HUB, METRICS
+from tests.conftest import DEADLINE, Peer, make_config, merge
+from tests.redisproc import RedisServer
+
+Node = TestClient[Any, Any]
+
+
+def cluster_config(url: str, extra: dict[str, Any] | None = None) -> Config:
+    base: dict[str, Any] = {
+        "history": {"backend": "redis"},
+        "redis": {"url": url, "node_timeout": 1.5},
+        # Not about heartbeats: generous, so slow CI never reaps a test's peer.
+        "heartbeat": {"interval": 1, "timeout": 10},
+        "cleanup": {"interval": 0.2},
+    }
+    return make_config(merge(base, extra or {}))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+MakeNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+def make_node(redis_server: RedisServer, aiohttp_client: Any) -> MakeNode:
+    # redis_server first: torn down last, after every node has stopped.
+    async def make(extra: dict[str, Any] | None = None) -> Node:
+        node: Node = await aiohttp_client(create_app(cluster_config(redis_server.url, extra)))
+        return node
+
+    return make
+
+
+async def peer(node: Node, nick: str | None = None, **extra: Any) -> Peer:
+    result = Peer(await node.ws_connect("/ws", autoping=True))
+    if nick is not None:
+        await result.hello(nick, **extra)
+    return result
+
+
+async def until(predicate: Callable[[], Any], timeout: float = DEADLINE) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_message_said_on_one_node_reaches_the_other(make_node: MakeNode) -> None:
+    """A say on node A is acked after Redis stored it and delivered to members on B."""
+    a, b = await make_node(), await make_node()
+    alice, bob = await peer(a, "alice"), await peer(b, "bob")
+    await alice.join("lobby")
+    joined = await bob.join("lobby")
+    assert joined["members"] == ["alice", "bob"]
+    await alice.expect("presence", event="join", nick="bob")
+    ack = await bob.say("lobby", "hello from b", cid="c1")
+    assert (ack["id"], ack["cid"]) == (1, "c1")
+    for who in (alice, bob):
+        message = await who.expect("message", room="lobby")
+        assert (message["id"], message["nick"], message["text"]) == (1, "bob", "hello from b")
+        assert message["ts"] == ack["ts"]
+
+
+async def test_concurrent_senders_on_two_nodes_give_one_order(make_node: MakeNode) -> None:
+    """Senders on both nodes at once: every receiver on both sees 1..N in order, same texts."""
+    a, b = await make_node(), await make_node()
+    receivers = [await peer(node, f"r{i}{name}") for i, node in enumerate((a, b)) for name in "xy"]
+    senders = [await peer(node, f"s{i}") for i, node in enumerate((a, b, a, b))]
+    for who in receivers + senders:
+        await who.join("race")
+    per_sender = 25
+
+    async def send_all(index: int, who: Peer) -> None:
+        for n in range(per_sender):
+            await who.send({"type": "say", "room": "race", "text": f"{index}:{n}", "cid": f"{n}"})
+        for _ in range(per_sender):
+            await who.expect("ack", room="race")
+
+    await asyncio.gather(*(send_all(i, s) for i, s in enumerate(senders)))
+    total = per_sender * len(senders)
+    seen: list[list[tuple[int, str]]] = []
+    for who in receivers:
+        got = []
+        while len(got) < total:
+            frame = await who.expect("message", room="race")
+            got.append((frame["id"], frame["text"]))
+        seen.append(got)
+    assert [msg_id for msg_id, _ in seen[0]] == list(range(1, total + 1))
+    assert all(other == seen[0] for other in seen[1:])
+    for index in range(len(senders)):  # each sender's own messages keep their order
+        mine = [text for _, text in seen[0] if text.startswith(f"{index}:")]
+        assert mine == [f"{index}:{n}" for n in range(per_sender)]
+
+
+async def test_cid_resent_on_another_node_gets_the_original_ack(make_node: MakeNode) -> None:
+    """A say re-sent with the same cid through another node is acked, not stored again."""
+    a, b = await make_node(), await make_node()
+    first = await peer(a, "carol")
+    await first.join("lobby")
+    ack = await first.say("lobby", "once", cid="same")
+    await first.ws.close()
+    await until(lambda: not a.app[HUB].sessions)
+    again = await peer(b, "carol")
+    await again.join("lobby")
+    repeat = await again.say("lobby", "once", cid="same")
+    assert (repeat["id"], repeat["ts"]) == (ack["id"], ack["ts"])
+    assert await again.quiet(0.3) == []
+    history = await (await b.get("/api/rooms")).json()
+    assert history == [{"room": "lobby", "members": 1, "last_id": 1}]
+
+
+async def test_presence_typing_and_room_list_span_nodes(make_node: MakeNode) -> None:
+    """Members, presence join/leave, typing and /api/rooms count every node's sessions."""
+    a, b = await make_node(), await make_node()
+    alice, bob = await peer(a, "alice"), await peer(b, "bob")
+    await alice.join("lobby")
+    await bob.join("lobby")
+    await alice.expect("presence", event="join", nick="bob")
+    await bob.send({"type": "typing", "room": "lobby"})
+    assert (await alice.expect("typing"))["nick"] == "bob"
+    for node in (a, b):
+        rooms = await (await node.get("/api/rooms")).json()
+        assert rooms == [{"room": "lobby", "members": 2, "last_id": 0}]
+    await bob.send({"type": "leave", "room": "lobby"})
+    await bob.expect("left", room="lobby")
+    leave = await alice.expect("presence", event="leave")
+    assert (leave["nick"], leave["reason"]) == ("bob", "left")
+    await bob.ws.close()
+    rooms = await (await b.get("/api/rooms")).json()
+    assert rooms == [{"room": "lobby", "members": 1, "last_id": 0}]
+
+
+async def test_connection_end_sends_presence_leave_closed_to_other_node(
+    make_node: MakeNode,
+) -> None:
+    """A connection that ends on node B is a presence leave `closed` on node A."""
+    a, b = await make_node(), await make_node()
+    alice, bob = await peer(a, "alice"), await peer(b, "bob")
+    await alice.join("lobby")
+    await bob.join("lobby")
+    await bob.ws.close()
+    leave = await alice.expect("presence", event="leave")
+    assert (leave["nick"], leave["reason"]) == ("bob", "closed")
+    again = await peer(a, "BOB")  # the nick is free again, on any node
+    assert again.session
+
+
+async def test_equivalent_nicks_race_on_two_nodes(make_node: MakeNode) -> None:
+    """NFKC-equivalent nicks said at once on two nodes: exactly one wins."""
+    a, b = await make_node(), await make_node()
+    for round_ in range(5):
+        one, two = await peer(a), await peer(b)
+        spellings = (f"ｆｕｌｌ{round_}", f"FULL{round_}")
+        await asyncio.gather(
+            one.send({"type": "hello", "nick": spellings[0]}),
+            two.send({"type": "hello", "nick": spellings[1]}),
+        )
+        replies = [await one.recv(), await two.recv()]
+        kinds = sorted(reply["type"] for reply in replies)
+        assert kinds == ["error", "welcome"], replies
+        assert [r["code"] for r in replies if r["type"] == "error"] == ["nick_taken"]
+        await one.ws.close()
+        await two.ws.close()
+
+
+async def test_takeover_across_nodes(make_node: MakeNode) -> None:
+    """hello on B with A's session closes A's connection with 4002, keeps memberships."""
+    a, b = await make_node(), await make_node()
+    dave, watcher = await peer(a, "dave"), await peer(b, "erin")
+    await dave.join("lobby")
+    await watcher.join("lobby")
+    await dave.expect("presence", event="join")
+    moved = await peer(b)
+    welcome = await moved.hello("DAVE", session=dave.session)
+    assert (welcome["session"], welcome["nick"], welcome["rooms"]) == (
+        dave.session, "dave", ["lobby"]
+    )
+    assert await dave.closed() == 4002
+    joined = await moved.join("lobby", since=0)
+    assert joined["members"] == ["dave", "erin"]
+    await moved.say("lobby", "still here")
+    frames = await watcher.quiet(0.5)
+    assert [f["type"] for f in frames] == ["message"], frames  # no presence event
+    assert (await (await a.get("/api/rooms")).json())[0]["members"] == 2
+
+
+async def test_join_handoff_across_nodes_has_no_gap_or_duplicate(make_node: MakeNode) -> None:
+    """Joining on B while A says without pause: joined + live hold every id once."""
+    a, b = await make_node(), await make_node()
+    speaker = await peer(a, "speaker")
+    await speaker.join("busy")
+    stop = asyncio.Event()
+
+    async def talk() -> int:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await speaker.say("busy", f"m{n}")
+        return n
+
+    talking = asyncio.create_task(talk())
+    try:
+        ids: list[int] = []
+        for round_ in range(5):
+            listener = await peer(b, f"listener{round_}")
+            joined = await listener.join("busy", since=0)
+            ids = [m["id"] for m in joined["messages"]]
+            while len(ids) < 30 + (ids[0] if ids else 0):
+                ids.append((await listener.expect("message", room="busy"))["id"])
+            assert ids == list(range(ids[0], ids[0] + len(ids))), ids
+            await listener.ws.close()
+    finally:
+        stop.set()
+        await talking
+
+
+async def test_history_pages_from_the_stream(make_node: MakeNode) -> None:
+    """history pages back through the room's stream, with `more` until the oldest."""
+    a = await make_node({"history": {"retain": 5}})
+    alice = await peer(a, "alice")
+    await alice.join("log")
+    for n in range(8):
+        await alice.say("log", f"t{n}")
+    await alice.send({"type": "history", "room": "log", "before": 8, "limit": 2})
+    page = await alice.expect("history")
+    assert ([m["id"] for m in page["messages"]], page["more"]) == ([6, 7], True)
+    await alice.send({"type": "history", "room": "log", "before": 6, "limit": 5})
+    page = await alice.expect("history")
+    assert ([m["id"] for m in page["messages"]], page["more"]) == ([4, 5], False)
+    fresh = await peer(a, "late")
+    joined = await fresh.join("log", since=1, epoch=(await alice.join("log"))["epoch"])
+    assert [m["id"] for m in joined["messages"]] == [4, 5, 6, 7, 8]
+    assert joined["complete"] is False  # 2 and 3 were trimmed
+
+
+async def test_cid_index_is_trimmed_with_the_stream(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """The cid index holds only the retained messages: it cannot grow without bound."""
+    a = await make_node({"history": {"retain": 3}})
+    alice = await peer(a, "alice")
+    await alice.join("trim")
+    for n in range(10):
+        await alice.say("trim", f"t{n}", cid=f"c{n}")
+    assert redis_server.command("HLEN", "chat:{trim}:cids") == 3
+    assert redis_server.command("XLEN", "chat:{trim}:log") == 3
+
+
+async def test_persistence_warning_once(
+    aiohttp_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis without appendfsync always gets one WARNING naming the setting."""
+    with RedisServer(tmp_path / "weak", durable=False) as weak:
+        caplog.set_level(logging.WARNING, "chat.redis")
+        node = await aiohttp_client(create_app(cluster_config(weak.url)))
+        await peer(node, "x")
+        warnings = [r for r in caplog.records if "persistence" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "appendonly no" in warnings[0].getMessage()
+
+
+async def test_pubsub_killed_nodes_backfill_including_last_message(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """CLIENT KILL TYPE pubsub: nodes subscribe again and deliver what they missed."""
+    a, b = await make_node(), await make_node()
+    alice, bob = await peer(a, "alice"), await peer(b, "bob")
+    await alice.join("quiet")
+    await bob.join("quiet")
+    await alice.say("quiet", "before")
+    assert (await bob.expect("message"))["id"] == 1
+    # Kill the subscriptions, then say at once: the message may be published while no
+    # node listens. It is the last before the room falls silent.
+    redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+    await alice.say("quiet", "while nobody listened")
+    for who in (alice, bob):
+        message = await who.expect("message")
+        assert (message["id"], message["text"]) == (2, "while nobody listened")
+        assert await who.quiet(0.3) == []
+
+
+async def test_lost_publish_found_by_position_check(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """A message stored without being published (lost) reaches members all the same."""
+    a = await make_node()
+    alice = await peer(a, "alice")
+    joined = await alice.join("gap")
+    # What the say script stores, without its PUBLISH: pub/sub lost it.
+    frame = '{"type":"message","room":"gap","id":1,"nick":"ghost","text":"lost","ts":1,"cid":null}'
+    redis_server.command("HINCRBY", "chat:{gap}:meta", "last", 1)
+    redis_server.command("XADD", "chat:{gap}:log", "1-0", "f", frame, "k", "ghost", "c", "")
+    message = await alice.expect("message", timeout=DEADLINE)
+    assert (message["id"], message["text"]) == (1, "lost")
+    assert joined["epoch"]
+    assert a.app[METRICS].redis_gaps._value.get() >= 1
