@@ -70,8 +70,17 @@ class Redis(RedisServer):
 
     def args(self) -> list[str]:
         args = super().args()
+        # Redis's latency monitor records its own stalls (an fsync, a slow command) of
+        # 1 ms or more: the stalls of the latency phase are printed with its figures.
         return [*args[: args.index("--appendfsync") + 1], self.fsync,
-                *args[args.index("--appendfsync") + 2:]]
+                *args[args.index("--appendfsync") + 2:], "--latency-monitor-threshold", "1"]
+
+    def stalls(self) -> tuple[float, str]:
+        """The longest stall since the last call, in ms, and its event; then reset."""
+        events = self.command("LATENCY", "LATEST")
+        self.command("LATENCY", "RESET")
+        worst = max(events, key=lambda event: int(event[3]), default=None)
+        return (0.0, "-") if worst is None else (float(worst[3]), worst[0].decode())
 
 
 class Node:
@@ -292,10 +301,13 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
                 cpu = [(cpu_seconds(pid) - b) / said * 1e6 for pid, b in zip(pids, before)]
                 gen_cpu = (time.process_time() - gen_before) / said * 1e6
                 profiler.stop()
+                if redis is not None:
+                    redis.stalls()  # reset: only the latency phase's stalls count
                 profiler = Profiler(args.profile, f"{setup}{index}-latency", nodes)
                 acks, missing = await latency(members, probe, args.rate, args.rate_seconds,
                                               len(nodes))
                 profiler.stop()
+                stall = redis.stalls() if redis is not None else None
                 gaps = 0
                 for node in nodes:
                     async with http.get(node.http + "/metrics") as response:
@@ -329,6 +341,7 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
         "cpu_nodes": sum(cpu[: len(nodes)]),
         "cpu_redis": cpu[len(nodes)] if redis is not None else None,
         "cpu_gen": gen_cpu,
+        "stall": stall,
     }
     print("  " + line(result), flush=True)
     return result
@@ -336,7 +349,7 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
 
 HEADER = (f"{'setup':8} {'acked say/s':>11} {'ack p50':>8} {'ack p99':>8} {'ack max':>8} "
           f"{'B p50':>7} {'B p99':>7} {'B max':>7} {'A p50':>7} {'A p99':>7} {'lost':>4} "
-          f"{'gaps':>4}  {'CPU µs/say: nodes':>17} {'redis':>5} {'gen':>4}")
+          f"{'gaps':>4}  {'CPU µs/say: nodes':>17} {'redis':>5} {'gen':>4}  redis stall")
 
 
 def line(r: dict[str, Any]) -> str:
@@ -347,7 +360,8 @@ def line(r: dict[str, Any]) -> str:
     return (f"{r['setup']:8} {r['throughput']:11.0f} {ms(r['p50'], 8)} {ms(r['p99'], 8)} "
             f"{ms(r['max'], 8)} {ms(r['x50'])} {ms(r['x99'])} {ms(r['xmax'])} "
             f"{ms(r['s50'])} {ms(r['s99'])} {r['missing']:4d} {r['gaps']:4d}  "
-            f"{r['cpu_nodes']:17.0f} {redis_cpu:>5} {r['cpu_gen']:4.0f}")
+            f"{r['cpu_nodes']:17.0f} {redis_cpu:>5} {r['cpu_gen']:4.0f}  "
+            + ("-" if r["stall"] is None else f"{r['stall'][0]:.0f} ms {r['stall'][1]}"))
 
 
 def main() -> None:
@@ -392,11 +406,13 @@ def main() -> None:
                   f"{medians[setup]['throughput'] / medians['sqlite']['throughput']:.0%} "
                   f"(medians); per interleaved run: "
                   + ", ".join(f"{ratio:.0%}" for ratio in pairs))
+    # The latencies of the median-throughput run are one sample; these are all of them.
     for setup in setups:
-        print(f"{setup} ack p99 per run: "
-              + ", ".join(f"{r['p99']:.2f}" for r in runs[setup])
-              + (("; B p99 per run: " + ", ".join(f"{r['x99']:.2f}" for r in runs[setup]))
-                 if setup != "sqlite" else ""))
+        for key, name in (("p99", "ack p99"), ("x99", "B p99")):
+            values = [r[key] for r in runs[setup] if r[key] is not None]
+            if values:
+                print(f"{setup} {name} per run: " + ", ".join(f"{v:.2f}" for v in values)
+                      + f" ms (median {statistics.median(values):.2f})")
 
 
 if __name__ == "__main__":
