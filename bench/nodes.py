@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,11 @@ class Probe:
         self.sent: dict[str, tuple[float, int]] = {}
         self.other: list[float] = []  # received on a node other than the sender's
         self.same: list[float] = []  # received on the sender's own node
+        self.errors: Counter[str] = Counter()  # says answered with an error, by code
+
+
+class SayError(Exception):
+    """A say answered with an `error` frame; the argument is its code."""
 
 
 class Member(Sender):
@@ -163,6 +169,14 @@ class Member(Sender):
                     future = self.waiting.pop(frame["cid"], None)
                     if future is not None and not future.done():
                         future.set_result(now)
+            elif '"type":"error"' in data:
+                # A say answered with an error (`unavailable`, say) is counted, not waited for.
+                frame = orjson.loads(data)
+                future = self.waiting.pop(frame.get("ref") or "", None)
+                if future is not None and not future.done():
+                    future.set_exception(SayError(frame["code"]))
+                else:
+                    print(f"  error frame: {data[:200]}", flush=True)
             elif self.watching and '"type":"message"' in data:
                 frame = orjson.loads(data)
                 sent = self.probe.sent.get(frame["cid"])
@@ -191,7 +205,18 @@ async def connect_all(urls: list[str], count: int, http: aiohttp.ClientSession,
     return members
 
 
-async def throughput(members: list[Member], seconds: float) -> float:
+async def say(member: Member, room: str, cid: str, probe: Probe) -> float | None:
+    """Seconds from send to ack; None, counted in `probe.errors`, for no ack."""
+    try:
+        return await member.say(room, cid)
+    except SayError as err:
+        probe.errors[err.args[0]] += 1
+    except TimeoutError:
+        probe.errors["no answer in 30 s"] += 1
+    return None
+
+
+async def throughput(members: list[Member], seconds: float, probe: Probe) -> float:
     deadline = time.perf_counter() + seconds
     done = 0
 
@@ -199,9 +224,9 @@ async def throughput(members: list[Member], seconds: float) -> float:
         nonlocal done
         k = 0
         while time.perf_counter() < deadline:
-            await member.say(f"room{n % ROOMS}", f"t{n}-{k}")
+            if await say(member, f"room{n % ROOMS}", f"t{n}-{k}", probe) is not None:
+                done += 1
             k += 1
-            done += 1
 
     start = time.perf_counter()
     await asyncio.gather(*(loop(n, m) for n, m in enumerate(members)))
@@ -216,9 +241,9 @@ async def latency(members: list[Member], probe: Probe, rate: float, seconds: flo
     total = int(rate * seconds)
     interval = 1.0 / rate
 
-    async def one(member: Member, room: str, cid: str) -> float:
+    async def one(member: Member, room: str, cid: str) -> float | None:
         probe.sent[cid] = (time.perf_counter(), member.node)
-        return await member.say(room, cid)
+        return await say(member, room, cid, probe)
 
     start = time.perf_counter()
     tasks = []
@@ -228,17 +253,18 @@ async def latency(members: list[Member], probe: Probe, rate: float, seconds: flo
             await asyncio.sleep(delay)
         n = k % len(members)
         tasks.append(asyncio.create_task(one(members[n], f"room{n % ROOMS}", f"l{k}")))
-    acks = sorted(await asyncio.gather(*tasks))
+    acks = sorted(ack for ack in await asyncio.gather(*tasks) if ack is not None)
     # Each message has one observer on its sender's node and, with two nodes, one on
-    # the other: wait (bounded) for the last deliveries.
+    # the other: wait (bounded) for the last deliveries of the acknowledged ones.
+    acked = len(acks)
     deadline = time.perf_counter() + 5
-    while (len(probe.same) < total or (nodes > 1 and len(probe.other) < total)) \
+    while (len(probe.same) < acked or (nodes > 1 and len(probe.other) < acked)) \
             and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)
     for member in members:
         member.watching = False
-    missing = (total - len(probe.other)) if nodes > 1 else 0
-    return acks, missing + total - len(probe.same)
+    missing = max(0, acked - len(probe.other)) if nodes > 1 else 0
+    return acks, missing + max(0, acked - len(probe.same))
 
 
 class Profiler:
@@ -288,14 +314,14 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
             ) as http:
                 members = await connect_all([node.url for node in nodes], args.senders,
                                             http, probe)
-                await throughput(members, 1.0)  # warm up (Redis connection pools grow)
+                await throughput(members, 1.0, probe)  # warm up (Redis connection pools grow)
                 profiler = Profiler(args.profile, f"{setup}{index}-throughput", nodes)
                 pids = [node.proc.pid for node in nodes]
                 if redis is not None and redis.process is not None:
                     pids.append(redis.process.pid)
                 before = [cpu_seconds(pid) for pid in pids]
                 gen_before = time.process_time()
-                rate = await throughput(members, args.seconds)
+                rate = await throughput(members, args.seconds, probe)
                 # CPU per acknowledged say, in µs: where the two cores went.
                 said = rate * args.seconds
                 cpu = [(cpu_seconds(pid) - b) / said * 1e6 for pid, b in zip(pids, before)]
@@ -322,6 +348,12 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
                 node.stop()
             if redis is not None:
                 redis.stop()
+            # What the nodes logged, but for the warning everysec is expected to give.
+            for node in nodes:
+                lines = [text for text in node.log.read_text().splitlines()
+                         if text and "persistence is weaker" not in text]
+                for text in lines[:5]:
+                    print(f"  {node.log.stem}: {text[:300]}", flush=True)
     other = sorted(probe.other)
     same = sorted(probe.same)
     result = {
@@ -342,6 +374,7 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
         "cpu_redis": cpu[len(nodes)] if redis is not None else None,
         "cpu_gen": gen_cpu,
         "stall": stall,
+        "errors": dict(probe.errors),
     }
     print("  " + line(result), flush=True)
     return result
@@ -361,7 +394,8 @@ def line(r: dict[str, Any]) -> str:
             f"{ms(r['max'], 8)} {ms(r['x50'])} {ms(r['x99'])} {ms(r['xmax'])} "
             f"{ms(r['s50'])} {ms(r['s99'])} {r['missing']:4d} {r['gaps']:4d}  "
             f"{r['cpu_nodes']:17.0f} {redis_cpu:>5} {r['cpu_gen']:4.0f}  "
-            + ("-" if r["stall"] is None else f"{r['stall'][0]:.0f} ms {r['stall'][1]}"))
+            + ("-" if r["stall"] is None else f"{r['stall'][0]:.0f} ms {r['stall'][1]}")
+            + "".join(f"  {code}: {n}" for code, n in r["errors"].items()))
 
 
 def main() -> None:
