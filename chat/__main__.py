@@ -13,13 +13,13 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from chat import auth, protocol
+from chat import auth, logs, protocol, reload
 from chat.app import create_app
-from chat.config import Config, ConfigError, load_config
+from chat.config import Config, ConfigError, config_loader, load_config
 from chat.history import HistoryOpenError
 
 logger = logging.getLogger("chat")
@@ -69,15 +69,22 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def serve(app: web.Application, config: Config) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down within `server.shutdown_timeout`."""
+async def serve(
+    app: web.Application, config: Config, load: Callable[[], Config] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down within `server.shutdown_timeout`.
+
+    SIGHUP applies `load()` (the configuration read again) to the running server.
+    """
     budget = config.server.shutdown_timeout
     # Handlers go in before anything can announce readiness: a signal sent right
-    # after the `listening on` line must still shut down cleanly.
+    # after the `listening on` line must still shut down cleanly (or reload).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if load is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload.reload, app, load)
     # Half the budget for closing WebSockets (on_shutdown), half for the rest.
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2)
     try:
@@ -148,27 +155,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["token"]:
         return token_main(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Text until the configuration names the format: a bad file is reported as one
+    # plain line, as the contract asks.
+    logs.setup(args.log_level)
     try:
-        config = _with_overrides(load_config(args.config), args.host, args.port)
+        read = config_loader(args.config)
+
+        # A reload reads the same file; the command line still wins over it.
+        def load() -> Config:
+            return _with_overrides(read(), args.host, args.port)
+
+        config = load()
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
+    logs.use_format(config.log.format)
     try:
         app = create_app(config)
     except ValueError as err:
-        print(f"{config.source or 'defaults'}: {err}", file=sys.stderr)
+        _fail(config, f"{config.source or 'defaults'}: {err}")
         return EXIT_CONFIG
     try:
-        asyncio.run(serve(app, config))
+        asyncio.run(serve(app, config, load))
     except StartupError as err:
-        print(err, file=sys.stderr)
+        _fail(config, str(err))
         return EXIT_CONFIG
     return 0
+
+
+def _fail(config: Config, line: str) -> None:
+    """Report why the server cannot start: one line, a JSON object with `log.format: json`."""
+    if config.log.format == "json":
+        logger.error("%s", line)
+    else:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

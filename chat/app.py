@@ -23,7 +23,7 @@ from chat.history.memory import MemoryHistory
 from chat.history.redis import RedisHistory
 from chat.history.sqlite import SqliteHistory
 from chat.hub import Hub
-from chat.keys import CONFIG, HISTORY, HUB, METRICS, PROXIES
+from chat.keys import CONFIG, HISTORY, HUB, METRICS, PROXIES, RECONFIGURED
 from chat.metrics import Metrics
 from chat.protocol import Close
 from chat.ws import websocket_handler
@@ -69,6 +69,7 @@ def create_app(config: Config) -> web.Application:
     app[HISTORY] = store
     app[HUB] = Hub(config, store, metrics, cluster)
     app[PROXIES] = policy.networks(config.security.trusted_proxies)
+    app[RECONFIGURED] = asyncio.Event()
     if config.auth.secret is not None and auth.weak_secret(config.auth.secret):
         logger.warning("auth.secret is shorter than 32 bytes: tokens are easier to forge")
 

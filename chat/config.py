@@ -35,6 +35,7 @@ __all__ = [
     "SecurityConfig",
     "ServerConfig",
     "config_from_mapping",
+    "config_loader",
     "load_config",
     "resolve_config_path",
 ]
@@ -185,7 +186,29 @@ def load_config(
     """Read and validate the configuration file found by `resolve_config_path`."""
     if env is None:
         env = os.environ
+    return _load(_resolve(path, env, cwd), env)
+
+
+def config_loader(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Callable[[], Config]:
+    """Find the file now, as `load_config` does; the function returned reads it at each call.
+
+    A reload (SIGHUP) reads the file the server started with, or the built-in
+    defaults if it started without one, whatever would be found now; a file gone
+    since is an error, not a silent fall back to the defaults.
+    """
     found = _resolve(path, env, cwd)
+
+    def load() -> Config:
+        return _load(found, os.environ if env is None else env)
+
+    return load
+
+
+def _load(found: tuple[Path, str] | None, env: Mapping[str, str]) -> Config:
     if found is None:
         return _apply_env(Config(), env)
     file, source = found

@@ -70,6 +70,10 @@ class Connection:
     def nick(self) -> str | None:
         return None if self.session is None else self.session.nick
 
+    def set_send_buffer(self, send_buffer: int) -> None:
+        """Take a new `limits.send_buffer` (a reload); frames already queued stay queued."""
+        self._send_buffer = send_buffer
+
     # ----------------------------------------------------------------- sending
 
     def send(self, data: bytes, opcode: WSMsgType = WSMsgType.TEXT) -> None:

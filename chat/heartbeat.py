@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from aiohttp import WSMsgType, web
 
-from chat.keys import HUB
+from chat.keys import HUB, RECONFIGURED
 from chat.protocol import Close
 
 logger = logging.getLogger(__name__)
@@ -30,12 +30,78 @@ class Sweep(Generic[P]):
     quiet: list[P]  # silent for at least `interval`: send a protocol ping
 
 
-def sweep(peers: Iterable[P], now: float, interval: float, timeout: float) -> Sweep[P]:
-    """Sort peers by how long they have been silent at `now`."""
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A span of clock time during which the server did not run (stopped, VM paused)."""
+
+    start: float
+    end: float
+
+    @property
+    def length(self) -> float:
+        return self.end - self.start
+
+
+# Lateness below this is load, not a stall: counting it would credit dead peers too.
+STALL_FLOOR: Final = 1.0
+
+
+def stall_between(due: float, woke: float, every: float) -> Stall | None:
+    """The stall behind a sleep due at `due` that ended at `woke`, if it was one.
+
+    A sweep later than one more whole `every` (and than STALL_FLOOR) means the process
+    did not run meanwhile. The time from the previous sweep to `due` is not counted as
+    stalled: it is the sweep period, which the contract's bound already allows for.
+    """
+    if woke - due > max(every, STALL_FLOOR):
+        return Stall(due, woke)
+    return None
+
+
+def recent(stalls: Sequence[Stall], now: float, timeout: float) -> tuple[Stall, ...]:
+    """The stalls, oldest first, that may still excuse some peer's silence.
+
+    A peer last seen before a stall ended has been silent, in running time, at least
+    the running time since that end; past `timeout` it is dead whatever the stall.
+    """
+    kept: list[Stall] = []
+    running = 0.0
+    later = now  # start of the next newer stall, or now
+    for stall in reversed(stalls):
+        running += later - stall.end
+        if running > timeout:
+            break
+        kept.append(stall)
+        later = stall.start
+    kept.reverse()
+    return tuple(kept)
+
+
+def silence(last_seen: float, now: float, stalls: Sequence[Stall]) -> float:
+    """Seconds since `last_seen` during which the server ran (stalls not counted)."""
+    silent = now - last_seen
+    for stall in stalls:
+        silent -= max(0.0, min(stall.end, now) - max(stall.start, last_seen))
+    return silent
+
+
+def sweep(
+    peers: Iterable[P],
+    now: float,
+    interval: float,
+    timeout: float,
+    stalls: Sequence[Stall] = (),
+) -> Sweep[P]:
+    """Sort peers by how long they have been silent at `now`, stalls not counted.
+
+    Frames a client sent while the server was stopped wait in the kernel and are read
+    right after it runs again, possibly after this sweep: discounting the stall keeps
+    such a client alive whichever runs first.
+    """
     dead: list[P] = []
     quiet: list[P] = []
     for peer in peers:
-        silent = now - peer.last_seen
+        silent = silence(peer.last_seen, now, stalls) if stalls else now - peer.last_seen
         if silent > timeout:
             dead.append(peer)
         elif silent >= interval:
@@ -43,11 +109,11 @@ def sweep(peers: Iterable[P], now: float, interval: float, timeout: float) -> Sw
     return Sweep(dead, quiet)
 
 
-def reap(app: web.Application) -> int:
+def reap(app: web.Application, stalls: Sequence[Stall] = ()) -> int:
     """One pass of the cleanup coroutine; returns how many connections were closed."""
     hub = app[HUB]
     heartbeat = hub.config.heartbeat
-    found = sweep(hub.connections, hub.clock(), heartbeat.interval, heartbeat.timeout)
+    found = sweep(hub.connections, hub.clock(), heartbeat.interval, heartbeat.timeout, stalls)
     for conn in found.dead:
         # Release first, so the presence leave and the freed nick do not wait on a
         # peer that is presumed dead; then drop its socket without waiting for a reply.
@@ -61,13 +127,46 @@ def reap(app: web.Application) -> int:
     return len(found.dead)
 
 
+async def _woken(event: asyncio.Event, within: float) -> bool:
+    """Wait up to `within` seconds for `event`; whether it was set."""
+    try:
+        async with asyncio.timeout(within):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 async def _cleanup_loop(app: web.Application) -> None:
     hub = app[HUB]
-    every = hub.config.cleanup.interval
+    reconfigured = app[RECONFIGURED]
+    stalls: tuple[Stall, ...] = ()
+    last = hub.clock()
     while True:
-        await asyncio.sleep(every)
+        # Read at every turn: a reload may have changed the interval, and wakes us so
+        # that a shorter one does not wait out the old, longer sleep.
+        every = hub.config.cleanup.interval
+        due = last + every
+        wait = due - hub.clock()
+        if wait > 0:
+            reconfigured.clear()
+            if await _woken(reconfigured, wait):
+                continue
+        now = hub.clock()
+        # Only a sleep can be overslept: after a reload that shortened the interval
+        # `due` may already be past, which is no stall.
+        found = stall_between(due, now, every) if wait > 0 else None
+        if found is not None:
+            logger.warning(
+                "the server did not run for %.1fs (stopped or paused); "
+                "that time is not counted against clients' heartbeats",
+                found.length,
+            )
+            stalls = (*stalls, found)
+        stalls = recent(stalls, now, hub.config.heartbeat.timeout)
+        last = now
         try:
-            closed = reap(app)
+            closed = reap(app, stalls)
         except Exception:
             logger.exception("cleanup sweep failed; trying again next interval")
             continue

@@ -25,6 +25,7 @@ from chat.history import HistoryStore, Message
 from chat.metrics import Metrics
 from chat.protocol import Close, Invalid
 from chat.ratelimit import TokenBucket
+from chat.settings import settings_fields
 
 logger = logging.getLogger(__name__)
 
@@ -252,24 +253,13 @@ class Hub:
         self.sessions[session.id] = session
         self.metrics.sessions.inc()
         conn.session = session
-        limits = self.config.limits
-        rate = limits.rate
         conn.send(protocol.encode({
             "type": "welcome",
             "version": protocol.VERSION,
             "session": session.id,
             "nick": session.nick,
             "rooms": claimed.rooms,
-            "heartbeat": {
-                "interval": self.config.heartbeat.interval,
-                "timeout": self.config.heartbeat.timeout,
-            },
-            "limits": {
-                "text": limits.max_text,
-                "frame": limits.max_frame,
-                "rooms": limits.max_rooms,
-                "rate": {"messages": rate.messages, "per": rate.per, "burst": rate.burst},
-            },
+            **settings_fields(self.config),
         }))
         return None
 

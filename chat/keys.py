@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from aiohttp import web
@@ -18,3 +19,5 @@ HISTORY: Final = web.AppKey("history", HistoryStore)
 METRICS: Final = web.AppKey("metrics", Metrics)
 # Parsed security.trusted_proxies, so no request parses them again.
 PROXIES: Final = web.AppKey("proxies", tuple[Network, ...])
+# Set by every applied reload: the cleanup coroutine wakes to take the new intervals.
+RECONFIGURED: Final = web.AppKey("reconfigured", asyncio.Event)

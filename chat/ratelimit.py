@@ -26,6 +26,18 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
+    def retune(self, messages: float, per: float, burst: float, now: float) -> None:
+        """Take new parameters (a configuration reload) without handing out a free burst.
+
+        Tokens earned until `now` are earned at the old rate; from then on the new rate
+        applies, and the level kept is capped to the new burst.
+        """
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.rate = messages / per
+        self.burst = burst
+        self.tokens = min(self.burst, self.tokens)
+
     def refund(self) -> None:
         """Give back a token spent on something that turned out not to count."""
         self.tokens = min(self.burst, self.tokens + 1.0)

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from chat import __version__
+from chat.history import BackendUnavailable
 from chat.keys import CONFIG, HISTORY, HUB, METRICS
 from chat.metrics import CONTENT_TYPE
 
@@ -83,7 +84,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def api_rooms(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[HUB].room_list())
+    try:
+        rooms = await request.app[HUB].room_list()
+    except BackendUnavailable as err:
+        return web.json_response(
+            {"error": "unavailable", "message": str(err), "retry_after": err.retry_after},
+            status=503,
+            headers={"Retry-After": str(max(1, round(err.retry_after)))},
+        )
+    return web.json_response(rooms)
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:

@@ -210,7 +210,11 @@ def _log_end(hub: Hub, conn: Connection, ws: web.WebSocketResponse) -> None:
     code = conn.close_code if conn.close_code is not None else ws.close_code
     reason = conn.close_reason or ("closed by peer" if code is not None else "connection lost")
     hub.metrics.closes.labels(str(code)).inc()
+    duration = hub.clock() - conn.opened
     logger.info(
         "connection end: nick=%s remote=%s code=%s reason=%s duration=%.1fs",
-        conn.nick or "-", conn.remote, code, reason, hub.clock() - conn.opened,
+        conn.nick or "-", conn.remote, code, reason, duration,
+        # Fields of their own in JSON logs.
+        extra={"nick": conn.nick, "remote": conn.remote, "code": code, "reason": reason,
+               "duration": round(duration, 3)},
     )

@@ -227,11 +227,14 @@ class ServerProcess:
         with self._stderr_changed:
             return "".join(self._stderr)
 
-    def wait_stderr(self, text: str, timeout: float = STARTUP_TIMEOUT) -> str:
-        """Block until `text` appears on stderr; all of stderr so far. Fails past `timeout`."""
+    def wait_stderr(self, text: str, timeout: float = STARTUP_TIMEOUT, count: int = 1) -> str:
+        """Block until `text` appears `count` times on stderr; all of stderr so far.
+
+        Fails past `timeout`.
+        """
         deadline = time.monotonic() + timeout
         with self._stderr_changed:
-            while text not in (seen := "".join(self._stderr)):
+            while (seen := "".join(self._stderr)).count(text) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     pytest.fail(f"{text!r} not on stderr within {timeout}s; stderr:\n{seen}")

@@ -63,8 +63,9 @@ async def peer(node: Node, nick: str | None = None, **extra: Any) -> Peer:
 
 
 async def until(predicate: Callable[[], Any], timeout: float = DEADLINE) -> None:
+    """Poll a condition of the server's state (it has no event to wait on), bounded."""
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 
@@ -173,7 +174,8 @@ async def test_equivalent_nicks_race_on_two_nodes(make_node: MakeNode) -> None:
     a, b = await make_node(), await make_node()
     for round_ in range(5):
         one, two = await peer(a), await peer(b)
-        spellings = (f"ｆｕｌｌ{round_}", f"FULL{round_}")
+        # Fullwidth "full" and "FULL": one nick after NFKC and casefold.
+        spellings = (f"\uff46\uff55\uff4c\uff4c{round_}", f"FULL{round_}")
         await asyncio.gather(
             one.send({"type": "hello", "nick": spellings[0]}),
             two.send({"type": "hello", "nick": spellings[1]}),
@@ -317,3 +319,150 @@ async def test_lost_publish_found_by_position_check(
     assert (message["id"], message["text"]) == (1, "lost")
     assert joined["epoch"]
     assert a.app[METRICS].redis_gaps._value.get() >= 1
+
+
+async def hello_until_welcome(node: Node, nick: str, **extra: Any) -> tuple[Peer, dict[str, Any]]:
+    """Reconnect and say hello until welcomed, as a client does while a node recovers."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            again = await peer(node)
+            await again.send({"type": "hello", "nick": nick, **extra})
+            try:
+                reply = await again.expect_any(("welcome", "error"))
+            except AssertionError:  # closed: the node was still recovering
+                reply = {"type": "closed"}
+            if reply["type"] == "welcome":
+                again.session = reply["session"]
+                return again, reply
+            await again.ws.close()
+            await asyncio.sleep(0.05)
+
+
+async def test_redis_down_keeps_connections_and_answers_unavailable(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """While Redis is away: pings answered, requests get `unavailable`, nothing closes."""
+    a, b = await make_node(), await make_node()
+    alice, bob = await peer(a, "alice"), await peer(b, "bob")
+    await alice.join("lobby")
+    await bob.join("lobby")
+    await alice.say("lobby", "one")
+    assert (await bob.expect("message"))["id"] == 1
+    redis_server.kill()
+    await alice.send({"type": "ping", "t": 7})
+    assert (await alice.expect("pong"))["t"] == 7
+    await alice.send("~h#c~")
+    assert (await alice.recv())["type"] == "~h#c~"
+    # More than ten in a row: `unavailable` does not count toward closing with 1008.
+    for n in range(12):
+        await alice.send({"type": "say", "room": "lobby", "text": f"lost? {n}", "cid": f"u{n}"})
+        error = await alice.expect("error")
+        assert (error["code"], error["ref"]) == ("unavailable", f"u{n}")
+        assert error["retry_after"] > 0
+    newcomer = await peer(a)
+    await newcomer.send({"type": "hello", "nick": "carol"})
+    assert (await newcomer.expect("error"))["code"] == "unavailable"
+    await alice.send({"type": "typing", "room": "lobby"})  # dropped silently
+    for request in ({"type": "join", "room": "x"}, {"type": "leave", "room": "lobby"},
+                    {"type": "history", "room": "lobby"}):
+        await alice.send(request)
+        assert (await alice.expect("error"))["code"] == "unavailable"
+    ready = await a.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 503 and body["status"] == "unavailable"
+    assert body["backends"]["history"].startswith("redis unreachable")
+    assert (await a.get("/api/rooms")).status == 503
+    assert (await a.get("/healthz")).status == 200
+
+    redis_server.start()
+    # Within 5 s of Redis answering: ready again, and the open connections go on.
+    async with asyncio.timeout(5):
+        while (await a.get("/readyz")).status != 200:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        while True:
+            await alice.send({"type": "say", "room": "lobby", "text": "two", "cid": "again"})
+            reply = await alice.expect_any(("ack", "error"))
+            if reply["type"] == "ack":
+                break
+            await asyncio.sleep(reply["retry_after"] / 10)
+    assert reply["id"] == 2
+    message = await bob.expect("message")
+    assert (message["id"], message["text"]) == (2, "two")
+    assert alice.ws.closed is False and bob.ws.closed is False
+
+
+async def test_redis_killed_with_appendfsync_always_loses_nothing(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """kill -9 of Redis (appendfsync always): acked messages kept, same epoch, ids go on."""
+    a, b = await make_node(), await make_node()
+    alice, bob = await peer(a, "alice"), await peer(b, "bob")
+    joined = await alice.join("durable")
+    await bob.join("durable")
+    for n in range(1, 6):
+        assert (await alice.say("durable", f"m{n}", cid=f"c{n}"))["id"] == n
+    redis_server.kill()
+    redis_server.start()
+    async with asyncio.timeout(5):
+        while True:
+            await alice.send({"type": "say", "room": "durable", "text": "m6", "cid": "c6"})
+            reply = await alice.expect_any(("ack", "error"))
+            if reply["type"] == "ack":
+                break
+            await asyncio.sleep(0.05)
+    assert reply["id"] == 6
+    ids = []
+    while len(ids) < 6:
+        ids.append((await bob.expect("message", room="durable"))["id"])
+    assert ids == [1, 2, 3, 4, 5, 6]
+    late = await peer(b, "late")
+    again = await late.join("durable", since=0, epoch=joined["epoch"])
+    assert again["epoch"] == joined["epoch"]
+    assert [m["id"] for m in again["messages"]] == [1, 2, 3, 4, 5, 6]
+    assert again["complete"] is True
+
+
+async def test_redis_without_its_data_closes_with_1011_and_new_epoch(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """Redis back without the service's data: connections close 1011, rooms get a new epoch."""
+    with RedisServer(tmp_path / "r", durable=False) as server:
+        node = await aiohttp_client(create_app(cluster_config(server.url)))
+        alice = await peer(node, "alice")
+        joined = await alice.join("lobby")
+        for n in range(3):
+            await alice.say("lobby", f"m{n}")
+        server.restart()
+        assert await alice.closed(timeout=5) == 1011
+        again, reply = await hello_until_welcome(node, "alice", session=alice.session)
+        assert reply["session"] != alice.session
+        rejoined = await again.join("lobby", since=3, epoch=joined["epoch"])
+        assert rejoined["epoch"] != joined["epoch"]
+        assert rejoined["complete"] is False
+
+
+async def test_redis_restart_with_weak_persistence_starts_a_new_epoch(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A restart with everysec may have lost writes: the room's epoch changes, ids differ."""
+    server = RedisServer(tmp_path / "r", durable=True)
+    # appendfsync everysec: the data survives this clean restart, but could have lost
+    # the newest writes on a crash, so the service must not trust its ids.
+    server.args = lambda: [*RedisServer.args(server)[:-6], "--appendonly", "yes",  # type: ignore[method-assign]
+                           "--appendfsync", "everysec", "--save", ""]
+    with server:
+        node = await aiohttp_client(create_app(cluster_config(server.url)))
+        alice = await peer(node, "alice")
+        joined = await alice.join("lobby")
+        await alice.say("lobby", "m1")
+        server.command("BGREWRITEAOF")
+        await asyncio.sleep(0.3)
+        server.stop()
+        server.start()
+        # The session survived (same data), but the room's history may not have.
+        code = await alice.closed(timeout=5)
+        assert code == 1011
+        again, _ = await hello_until_welcome(node, "bob")
+        rejoined = await again.join("lobby", since=1, epoch=joined["epoch"])
+        assert rejoined["epoch"] != joined["epoch"]

@@ -16,6 +16,7 @@ from chat.config import (
     SecurityConfig,
     ServerConfig,
     config_from_mapping,
+    config_loader,
     load_config,
     resolve_config_path,
 )
@@ -634,3 +635,24 @@ def nested(key: str, value: Any) -> dict[str, Any]:
     for name in reversed(parents):
         data = {name: data}
     return data
+
+
+def test_config_loader_reads_the_same_file_again(tmp_path: Path) -> None:
+    """config_loader finds the file once; each call reads its current contents."""
+    (tmp_path / "config.yaml").write_text("heartbeat: {interval: 1, timeout: 3}\n")
+    load = config_loader(env={}, cwd=tmp_path)
+    assert load().heartbeat.interval == 1
+    (tmp_path / "config.yaml").write_text("heartbeat: {interval: 2, timeout: 6}\n")
+    assert load().heartbeat.interval == 2
+    (tmp_path / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"^config\.yaml: cannot read: "):
+        load()
+
+
+def test_config_loader_started_on_defaults_stays_on_defaults(tmp_path: Path) -> None:
+    """Started without a file, a config.yaml that appears later is not read."""
+    load = config_loader(env={"CHAT_AUTH_SECRET": "s" * 32}, cwd=tmp_path)
+    (tmp_path / "config.yaml").write_text("heartbeat: {interval: 2, timeout: 6}\n")
+    config = load()
+    assert config.heartbeat == Config().heartbeat
+    assert config.auth.secret == "s" * 32  # the environment still wins

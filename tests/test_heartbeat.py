@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chat.heartbeat import sweep
+from chat.heartbeat import STALL_FLOOR, Stall, recent, silence, stall_between, sweep
 
 INTERVAL = 10.0
 TIMEOUT = 30.0
@@ -119,3 +119,62 @@ def test_sweep_fractional_intervals() -> None:
     result = sweep(peers, now=10.0, interval=0.25, timeout=0.5)
     assert [p.last_seen for p in result.quiet] == [9.75, 9.5]
     assert [p.last_seen for p in result.dead] == [9.25]
+
+
+# --- stalls: time the server did not run is not counted against its peers
+
+
+def test_stall_between_late_wake_is_a_stall() -> None:
+    """A sweep due at 100 that runs at 130 (interval 5) saw a 30 s stall from 100."""
+    assert stall_between(100.0, 130.0, 5.0) == Stall(100.0, 130.0)
+
+
+def test_stall_between_ordinary_lateness_is_none() -> None:
+    """Lateness within one more interval (or the floor) is load, not a stall."""
+    assert stall_between(100.0, 104.9, 5.0) is None
+    assert stall_between(100.0, 100.0 + STALL_FLOOR, 0.1) is None
+    assert stall_between(100.0, 100.0 + STALL_FLOOR + 0.01, 0.1) is not None
+
+
+def test_silence_discounts_the_stall_after_last_seen() -> None:
+    """Only the part of a stall after the peer's last frame is taken off its silence."""
+    stall = Stall(100.0, 130.0)
+    assert silence(99.0, 131.0, [stall]) == 2.0  # 1 s before, 1 s after
+    assert silence(110.0, 131.0, [stall]) == 1.0  # last seen during the stall
+    assert silence(130.5, 131.0, [stall]) == 0.5  # after the stall: untouched
+
+
+def test_sweep_peer_that_pinged_until_the_stall_is_not_dead() -> None:
+    """A peer heard just before a long stall is neither dead nor quiet right after it."""
+    peer = FakePeer(NOW - 0.5)
+    stall = Stall(NOW + 4.0, NOW + 120.0)  # due at NOW + 4, ran again 116 s later
+    result = sweep([peer], NOW + 120.0, INTERVAL, TIMEOUT, [stall])
+    assert (result.dead, result.quiet) == ([], [])
+    assert sweep([peer], NOW + 120.0, INTERVAL, TIMEOUT).dead == [peer]  # without it
+
+
+def test_sweep_after_stall_still_reaps_peer_silent_in_running_time() -> None:
+    """A peer silent for longer than the timeout of running time is dead despite a stall."""
+    peer = FakePeer(NOW - TIMEOUT - 1)
+    result = sweep([peer], NOW + 60.0, INTERVAL, TIMEOUT, [Stall(NOW, NOW + 60.0)])
+    assert result.dead == [peer]
+
+
+def test_sweep_stall_keeps_excusing_until_frames_are_read() -> None:
+    """Sweeps after the stall, before the buffered frames are read, still excuse it."""
+    peer = FakePeer(NOW - 0.5)
+    stalls = [Stall(NOW + 4.0, NOW + 120.0)]
+    for later in (0.1, 1.0, 5.0):
+        result = sweep([peer], NOW + 120.0 + later, INTERVAL, TIMEOUT, stalls)
+        assert result.dead == [], later
+
+
+def test_recent_drops_stalls_no_peer_can_still_use() -> None:
+    """A stall is kept while less than `timeout` of running time has passed since it."""
+    old = Stall(0.0, 10.0)
+    new = Stall(20.0, 50.0)
+    assert recent([old, new], 70.0, TIMEOUT) == (old, new)  # 10 + 20 s running since old
+    assert recent([old, new], 71.0, TIMEOUT) == (new,)
+    assert recent([old, new], 80.0, TIMEOUT) == (new,)
+    assert recent([old, new], 81.0, TIMEOUT) == ()
+    assert recent([], 81.0, TIMEOUT) == ()

@@ -123,3 +123,35 @@ def test_retry_after_is_enough_after_a_partial_refill() -> None:
     wait = bucket.take(0.02)
     assert wait > 0
     assert bucket.take(0.02 + wait) == 0.0
+
+
+def test_retune_caps_level_to_smaller_burst() -> None:
+    """A smaller burst on reload caps the tokens held; the new rate refills from there."""
+    bucket = default_bucket()
+    bucket.retune(1, 1.0, 3, now=0.0)
+    assert (bucket.rate, bucket.burst, bucket.tokens) == (1.0, 3, 3)
+    for _ in range(3):
+        assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0) == pytest.approx(1.0)
+
+
+def test_retune_larger_burst_grants_no_free_tokens() -> None:
+    """A larger burst is reached by refilling at the new rate, not handed out at once."""
+    bucket = default_bucket()
+    for _ in range(BURST):
+        bucket.take(0.0)
+    bucket.retune(10, 1.0, 100, now=0.0)
+    assert bucket.tokens == pytest.approx(0.0)
+    assert bucket.take(0.1) == 0.0  # 10 per second: one token after 0.1 s
+    bucket.take(100.0)
+    assert bucket.tokens == pytest.approx(99.0)
+
+
+def test_retune_counts_time_before_it_at_the_old_rate() -> None:
+    """Tokens earned before the reload are earned at the old rate."""
+    bucket = default_bucket()
+    for _ in range(BURST):
+        bucket.take(0.0)
+    bucket.retune(1, 1.0, BURST, now=1.0)  # 1 s at the old 5/s: 5 tokens
+    assert bucket.tokens == pytest.approx(5.0)
+    assert bucket.updated == 1.0

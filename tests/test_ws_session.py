@@ -23,12 +23,15 @@ async def test_welcome_carries_session_heartbeat_and_limits(connect: Connect, cl
     assert welcome["heartbeat"] == {
         "interval": config.heartbeat.interval, "timeout": config.heartbeat.timeout
     }
-    rate = config.limits.rate
+    rate, join_rate = config.limits.rate, config.limits.join_rate
     assert welcome["limits"] == {
         "text": config.limits.max_text,
         "frame": config.limits.max_frame,
         "rooms": config.limits.max_rooms,
         "rate": {"messages": rate.messages, "per": rate.per, "burst": rate.burst},
+        "join_rate": {
+            "messages": join_rate.messages, "per": join_rate.per, "burst": join_rate.burst
+        },
     }
 
 

@@ -261,6 +261,10 @@ class RedisCluster:
         ready = feed.ready
         assert ready is not None
         try:
+            if not self._listening.is_set() and self.link.up:
+                # The subscription is being set up again: worth a short wait.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._listening.wait(), self.link.timeout * 4)
             if not self._listening.is_set() or self._pubsub is None:
                 raise BackendUnavailable("the server cannot reach its database; retry")
             await self._subscribe(self._pubsub, [feed.channel])
@@ -401,6 +405,7 @@ class RedisCluster:
                 try:
                     await self._subscribe(pubsub, channels)
                     self.link.reached()
+                    self._probe_sent = None
                     self._listening.set()
                     wait = RECONNECT_MIN
                     # Whatever was published while no subscription listened is in the
@@ -480,8 +485,9 @@ class RedisCluster:
     async def _fence(self) -> None:
         """The other nodes ended this node's sessions: close them all, start over."""
         logger.warning(
-            "this node's sessions were ended by the other nodes (it was paused or cut off "
-            "from redis for more than redis.node_timeout): closing its connections with 1011"
+            "this node's sessions are gone from redis (the other nodes ended them after it "
+            "was paused or cut off for more than redis.node_timeout, or redis lost its "
+            "data): closing its connections with 1011"
         )
         self._ends.clear()
         self.node.lost("this server lost its sessions; reconnect")
