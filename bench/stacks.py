@@ -1,12 +1,15 @@
 """Summarise `py-spy record --format raw` files (collapsed stacks), such as those
 bench/nodes.py --profile writes.
 
-    .venv/bin/python bench/stacks.py FILE... [--top 25] [--match TEXT]
+    .venv/bin/python bench/stacks.py FILE... [--top 25] [--match TEXT] [--parts]
 
 Prints the share of samples in which each function is on the stack (inclusive) and at
 its top (self), over all files given. Functions are named `name (file)` without line
 numbers, so one function's lines add up. `--match` keeps only functions whose name
-contains TEXT (for example `chat/` or `redis/`).
+contains TEXT (for example `chat/` or `redis/`). `--parts` instead puts each sample in
+the first of PARTS whose words are all in its stack: a node's time by what it does.
+(py-spy shows an asyncio task's stack from the task's own step, not from whoever
+awaits it, so redis-py's frames are found by their file, not below the hub's.)
 """
 
 from __future__ import annotations
@@ -15,6 +18,19 @@ import argparse
 import re
 from collections import Counter
 from pathlib import Path
+
+PARTS = [
+    ("pub/sub: reading the room feeds, delivering locally", ["RedisCluster._read"]),
+    ("redis-py: socket writes (commands to Redis)", ["redis/", "_SelectorSocketTransport.write"]),
+    ("redis-py: reading replies", ["redis/", "read_response"]),
+    ("redis-py: pool checkout and release", ["redis/", "ConnectionPool."]),
+    ("redis-py: the rest (script call, packing, retry, timeouts)", ["redis/"]),
+    ("SQLite: the database thread", ["SqliteHistory._serve"]),
+    ("WebSocket: fan-out writes (each connection's writer)", ["Connection._write_loop"]),
+    ("WebSocket: reading, parsing, handling requests", ["chat/ws.py"]),
+    ("sockets: reading (transport callbacks)", ["_read_ready"]),
+    ("event loop: waiting in epoll", ["EpollSelector.select"]),
+]
 
 FRAME = re.compile(r"^(.*?) \((.*?)(?::\d+)?\)$")
 
@@ -31,12 +47,33 @@ def function(frame: str) -> str:
     return f"{name} ({path})"
 
 
+def parts(files: list[Path]) -> None:
+    found: Counter[str] = Counter()
+    total = 0
+    for path in files:
+        for text in path.read_text().splitlines():
+            stack, _, count = text.rpartition(" ")
+            if not stack:
+                continue
+            total += int(count)
+            name = next((name for name, words in PARTS if all(w in stack for w in words)),
+                        "other: event loop, tasks, timers")
+            found[name] += int(count)
+    print(f"{total} samples")
+    for name, n in found.most_common():
+        print(f"{100 * n / total:5.1f} %  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--match", default="")
+    parser.add_argument("--parts", action="store_true")
     args = parser.parse_args()
+    if args.parts:
+        parts(args.files)
+        return
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
