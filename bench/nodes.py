@@ -26,7 +26,10 @@ node n % 2, so every room has members on both nodes. Measured, as in bench/say.p
      keep the load generator's share of the two cores small.
 
 Runs of the setups are interleaved; the median run (by throughput) of each setup is
-shown, then every run. `--profile DIR` runs `py-spy record` (raw collapsed stacks) on
+shown, then every run. Also printed: the CPU time per acknowledged say of the nodes,
+redis-server and the load generator (throughput phase), the cores the rest of the
+machine kept busy meanwhile (`others`: other people's work on a shared machine), and
+Redis's longest stall of the latency phase (its latency monitor). `--profile DIR` runs `py-spy record` (raw collapsed stacks) on
 every node during each phase of each run; it costs CPU, so figures from a profiled run
 are not the benchmark's. Figures go in docs/benchmarks.md; nothing here asserts on time.
 """
@@ -130,6 +133,13 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy so far, all cores (Linux /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class Probe:
@@ -321,7 +331,12 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
                     pids.append(redis.process.pid)
                 before = [cpu_seconds(pid) for pid in pids]
                 gen_before = time.process_time()
+                busy_before, wall_before = busy_seconds(), time.perf_counter()
                 rate = await throughput(members, args.seconds, probe)
+                # Cores busy with other work than this benchmark's (the machine is shared).
+                ours = sum(cpu_seconds(pid) - b for pid, b in zip(pids, before)) \
+                    + time.process_time() - gen_before
+                others = (busy_seconds() - busy_before - ours) / (time.perf_counter() - wall_before)
                 # CPU per acknowledged say, in µs: where the two cores went.
                 said = rate * args.seconds
                 cpu = [(cpu_seconds(pid) - b) / said * 1e6 for pid, b in zip(pids, before)]
@@ -375,6 +390,7 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
         "cpu_gen": gen_cpu,
         "stall": stall,
         "errors": dict(probe.errors),
+        "others": max(0.0, others),
     }
     print("  " + line(result), flush=True)
     return result
@@ -382,7 +398,7 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
 
 HEADER = (f"{'setup':8} {'acked say/s':>11} {'ack p50':>8} {'ack p99':>8} {'ack max':>8} "
           f"{'B p50':>7} {'B p99':>7} {'B max':>7} {'A p50':>7} {'A p99':>7} {'lost':>4} "
-          f"{'gaps':>4}  {'CPU µs/say: nodes':>17} {'redis':>5} {'gen':>4}  redis stall")
+          f"{'gaps':>4}  {'CPU µs/say: nodes':>17} {'redis':>5} {'gen':>4} {'others':>6}  redis stall")
 
 
 def line(r: dict[str, Any]) -> str:
@@ -393,7 +409,7 @@ def line(r: dict[str, Any]) -> str:
     return (f"{r['setup']:8} {r['throughput']:11.0f} {ms(r['p50'], 8)} {ms(r['p99'], 8)} "
             f"{ms(r['max'], 8)} {ms(r['x50'])} {ms(r['x99'])} {ms(r['xmax'])} "
             f"{ms(r['s50'])} {ms(r['s99'])} {r['missing']:4d} {r['gaps']:4d}  "
-            f"{r['cpu_nodes']:17.0f} {redis_cpu:>5} {r['cpu_gen']:4.0f}  "
+            f"{r['cpu_nodes']:17.0f} {redis_cpu:>5} {r['cpu_gen']:4.0f} {r['others']:6.2f}  "
             + ("-" if r["stall"] is None else f"{r['stall'][0]:.0f} ms {r['stall'][1]}")
             + "".join(f"  {code}: {n}" for code, n in r["errors"].items()))
 
