@@ -88,8 +88,9 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                if self.client().ping():
-                    return
+                with self.client() as client:
+                    if client.ping():
+                        return
             except redis.RedisError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import sys
@@ -11,11 +12,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from chat.app import create_app
 from chat.client import ChatClient, ChatClosed, ChatError, Event
 from chat.client.state import (
+    RETRYABLE,
     Next,
     Outbox,
     Pacer,
@@ -24,9 +27,11 @@ from chat.client.state import (
     after_close,
     after_hello_error,
     backoff_delay,
+    retry_after,
 )
 from chat.keys import METRICS
 from chat.protocol import Close
+from chat.ratelimit import TokenBucket
 from tests.conftest import FAST, Connect, make_config
 from tests.serverproc import ServerProcess, server_env, write_config
 
@@ -212,6 +217,108 @@ def server_config(tmp_path: Path) -> Path:
     return write_config(tmp_path, FAST)
 
 
+class FakeConn:
+    """One connection to a ScriptedServer: what it received, and a way to answer."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.received: list[Event] = []
+        self.ids = 0
+        self.bucket: TokenBucket | None = None
+
+    async def send(self, frame: Event) -> None:
+        await self.ws.send_json(frame)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for f in self.received if f["type"] == kind)
+
+
+WELCOME: Final[Event] = {
+    "type": "welcome", "version": 1, "session": "s-1", "nick": "alice", "rooms": [],
+    "heartbeat": {"interval": 10, "timeout": 30},
+    "limits": {
+        "text": 2000, "frame": 16384, "rooms": 20,
+        "rate": {"messages": 100, "per": 1, "burst": 100},
+        "join_rate": {"messages": 5, "per": 1.0, "burst": 40},
+    },
+}
+
+
+async def answer(conn: FakeConn, frame: Event, welcome: Event = WELCOME) -> None:
+    """What a healthy server answers (enough of the contract for these tests)."""
+    kind = frame["type"]
+    if kind == "hello":
+        await conn.send({**welcome, "nick": frame.get("nick", "alice")})
+    elif kind == "ping":
+        await conn.send({"type": "pong", "t": frame.get("t"), "ts": 0})
+    elif kind == "join":
+        await conn.send({
+            "type": "joined", "room": frame["room"], "epoch": "e1", "members": ["alice"],
+            "messages": [], "complete": True,
+        })
+    elif kind == "leave":
+        await conn.send({"type": "left", "room": frame["room"]})
+    elif kind == "say":
+        conn.ids += 1
+        await conn.send({
+            "type": "ack", "cid": frame["cid"], "room": frame["room"], "id": conn.ids, "ts": 1,
+        })
+        await conn.send({
+            "type": "message", "room": frame["room"], "id": conn.ids, "nick": "alice",
+            "text": frame["text"], "ts": 1, "cid": frame["cid"],
+        })
+    elif kind == "history":
+        await conn.send({"type": "history", "room": frame["room"], "messages": [], "more": False})
+
+
+Script = Callable[[FakeConn, Event], Awaitable[None]]
+
+
+async def scripted_server(aiohttp_server: Any, script: Script) -> tuple[str, list[FakeConn]]:
+    """A stand-in for the chat server that answers every frame with `script`.
+
+    For what the real server cannot be made to do in a client test: answer
+    `unavailable` (its Redis-down path is tested with the server), or send `settings`.
+    """
+    conns: list[FakeConn] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        conn = FakeConn(ws)
+        conns.append(conn)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                frame = json.loads(msg.data)
+                conn.received.append(frame)
+                await script(conn, frame)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/ws")), conns
+
+
+async def rejoined(bot: Bot, rooms: int, *, after: int) -> None:
+    """Wait until `rooms` rooms have been joined again since event `after`."""
+    seen = 0
+
+    def last_one(event: Event) -> bool:
+        nonlocal seen
+        seen += event["type"] == "joined"
+        return seen == rooms
+
+    await bot.wait(last_one, after=after)
+
+
+def unavailable(ref: str | None, retry_after: float) -> Event:
+    return {
+        "type": "error", "code": "unavailable", "message": "the server cannot reach Redis",
+        "ref": ref, "retry_after": retry_after,
+    }
+
+
 # --------------------------------------------------------------------------- pure decisions
 
 
@@ -281,6 +388,33 @@ def test_pacer_follows_the_server_rate_but_never_exceeds_twenty_a_second() -> No
     assert pacer.delay(0.2) == 0.0
     fast = Pacer.for_limits({"rate": {"messages": 10000, "per": 1, "burst": 10000}}, now=0.0)
     assert (fast.rate, fast.burst) == (20.0, 20.0)
+
+
+def test_join_pacer_stays_inside_the_announced_join_rate() -> None:
+    """Joins are paced a token and a tenth inside join_rate, the contract's default when absent."""
+    pacer = Pacer.for_joins({"join_rate": {"messages": 10, "per": 1.0, "burst": 5}}, now=0.0)
+    assert (pacer.rate, pacer.burst) == (pytest.approx(9.0), 4.0)
+    default = Pacer.for_joins({"rate": {"messages": 5, "per": 1, "burst": 10}}, now=0.0)
+    assert (default.rate, default.burst) == (pytest.approx(4.5), 39.0)  # 20 rooms at once
+    for _ in range(4):
+        assert pacer.delay(0.0) == 0.0
+        pacer.take(0.0)
+    assert pacer.delay(0.0) == pytest.approx(1 / 9)
+    pacer.retune(1.0, 2.0, now=0.0)
+    assert pacer.delay(0.0) == pytest.approx(1.0)
+
+
+def test_retry_after_and_says_held_while_their_room_is_joined() -> None:
+    """retry_after defaults to 1 s; a say waits while its room is being joined."""
+    assert retry_after({"retry_after": 0.25}) == 0.25
+    assert retry_after({"retry_after": True}) == retry_after({}) == 1.0
+    assert RETRYABLE == {"rate_limited", "unavailable"}
+    box = Outbox()
+    box.add(PendingSay("dev", "a", "1"))
+    box.add(PendingSay("lobby", "b", "2"))
+    assert box.next_unsent(held={"dev"}) is box.next_unsent(held=["dev"]) is not None
+    assert box.next_unsent(held={"dev"}).cid == "2"  # type: ignore[union-attr]
+    assert box.next_unsent(held={"dev", "lobby"}) is None
 
 
 # --------------------------------------------------------------------------- in-process server
@@ -553,6 +687,165 @@ async def test_join_error_raises_and_forgets_the_room(ws_url: str, open_bot: Ope
     await joined(alice)
     page = await asyncio.wait_for(alice.client.history("lobby"), DEADLINE)
     assert page["type"] == "history" and page["messages"] == []
+
+
+# --------------------------------------------------------------------------- scripted server
+
+
+async def test_a_say_answered_unavailable_is_kept_and_sent_again_with_its_cid(
+    aiohttp_server: Any, open_bot: OpenBot
+) -> None:
+    """unavailable is no failure: the say goes again with the same cid after retry_after."""
+    loop = asyncio.get_running_loop()
+    says: list[tuple[float, Event]] = []
+
+    async def script(conn: FakeConn, frame: Event) -> None:
+        if frame["type"] == "say":
+            says.append((loop.time(), frame))
+            if len(says) == 1:
+                await conn.send(unavailable(frame["cid"], 0.3))
+                return
+        await answer(conn, frame)
+
+    url, _ = await scripted_server(aiohttp_server, script)
+    alice = await open_bot(url, "alice")
+    await joined(alice)
+    ack = await asyncio.wait_for(alice.client.say("lobby", "kept", cid="c-1"), DEADLINE)
+    assert (ack["cid"], ack["id"]) == ("c-1", 1)
+    assert [frame for _, frame in says] == [
+        {"type": "say", "room": "lobby", "text": "kept", "cid": "c-1"}
+    ] * 2
+    assert says[1][0] - says[0][0] >= 0.3 - 0.01
+    status = await alice.status("unavailable")
+    assert (status["retry_after"], status["ref"]) == (0.3, "c-1")
+    await alice.message("kept")
+    assert [e for e in alice.events if e["type"] == "error"] == []
+
+
+async def test_hello_join_and_history_answered_unavailable_are_asked_again(
+    aiohttp_server: Any, open_bot: OpenBot
+) -> None:
+    """Each request refused with unavailable is sent again on the same connection."""
+    refused: set[str] = set()
+
+    async def script(conn: FakeConn, frame: Event) -> None:
+        kind = frame["type"]
+        if kind in ("hello", "join", "history") and kind not in refused:
+            refused.add(kind)
+            await conn.send(unavailable(kind, 0.1))
+            return
+        await answer(conn, frame)
+
+    url, conns = await scripted_server(aiohttp_server, script)
+    alice = await open_bot(url, "alice")
+    assert (await joined(alice))["room"] == "lobby"
+    page = await asyncio.wait_for(alice.client.history("lobby"), DEADLINE)
+    assert page["type"] == "history"
+    assert len(conns) == 1
+    assert [conns[0].count(kind) for kind in ("hello", "join", "history")] == [2, 2, 2]
+    refs = [e["ref"] for e in alice.events if e["type"] == "status" and e["state"] == "unavailable"]
+    assert refs == ["hello", "join", "history"]
+
+
+async def test_a_join_answered_rate_limited_is_retried_after_retry_after(
+    aiohttp_server: Any, open_bot: OpenBot
+) -> None:
+    """join refused with rate_limited is sent again after retry_after, and join() returns."""
+    loop = asyncio.get_running_loop()
+    joins: list[float] = []
+
+    async def script(conn: FakeConn, frame: Event) -> None:
+        if frame["type"] == "join":
+            joins.append(loop.time())
+            if len(joins) == 1:
+                await conn.send({
+                    "type": "error", "code": "rate_limited", "message": "slow down",
+                    "ref": "join", "retry_after": 0.2,
+                })
+                return
+        await answer(conn, frame)
+
+    url, _ = await scripted_server(aiohttp_server, script)
+    alice = await open_bot(url, "alice")
+    assert (await joined(alice))["room"] == "lobby"
+    assert len(joins) == 2 and joins[1] - joins[0] >= 0.2 - 0.01
+    assert "lobby" in alice.client.rooms
+
+
+async def test_settings_switch_the_heartbeat_at_once(
+    aiohttp_server: Any, open_bot: OpenBot
+) -> None:
+    """After settings the client pings at the new interval and applies the new timeout."""
+    silent = False
+
+    async def script(conn: FakeConn, frame: Event) -> None:
+        if not silent:
+            await answer(conn, frame)
+
+    url, conns = await scripted_server(aiohttp_server, script)
+    alice = await open_bot(url, "alice")  # welcome: a ping every 10 s, dead after 30 s
+    await joined(alice)
+    pings = conns[0].count("ping")
+    settings = {
+        "type": "settings", "heartbeat": {"interval": 0.1, "timeout": 0.5},
+        "limits": WELCOME["limits"],
+    }
+    await conns[0].send(settings)
+    await alice.wait(lambda e: e["type"] == "settings")
+    await asyncio.sleep(0.45)
+    assert conns[0].count("ping") - pings >= 3
+    silent = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await alice.status("not_responding", timeout=3)
+    assert loop.time() - started < 1.5  # the new 0.5 s, not the old 30 s
+
+
+async def test_rejoins_after_a_reconnect_stay_within_the_join_rate(
+    aiohttp_server: Any, open_bot: OpenBot
+) -> None:
+    """A session in 20 rooms re-joins them paced by join_rate: the server refuses none."""
+    rate = {"messages": 20, "per": 1.0, "burst": 5}
+    loop = asyncio.get_running_loop()
+    refused: list[str] = []
+
+    async def script(conn: FakeConn, frame: Event) -> None:
+        if frame["type"] in ("join", "leave"):
+            if conn.bucket is None:
+                conn.bucket = TokenBucket.full(rate["messages"], rate["per"], rate["burst"],
+                                               loop.time())
+            wait = conn.bucket.take(loop.time())
+            if wait > 0:
+                refused.append(frame["room"])
+                await conn.send({
+                    "type": "error", "code": "rate_limited", "message": "slow down",
+                    "ref": frame["type"], "retry_after": wait,
+                })
+                return
+        await answer(conn, frame, {**WELCOME, "limits": {**WELCOME["limits"], "join_rate": rate}})
+
+    url, conns = await scripted_server(aiohttp_server, script)
+    alice = await open_bot(url, "alice")
+    rooms = [f"room{i}" for i in range(20)]
+    await asyncio.wait_for(asyncio.gather(*(alice.client.join(r) for r in rooms)), DEADLINE)
+    mark = len(alice.events)
+    alice.client.drop()
+    await rejoined(alice, 20, after=mark)
+    assert sorted(f["room"] for f in conns[1].received if f["type"] == "join") == sorted(rooms)
+    assert refused == []
+
+
+async def test_a_session_in_twenty_rooms_resumes_them_all(ws_url: str, open_bot: OpenBot) -> None:
+    """Against the real server: 20 rooms re-joined after a drop, with no error."""
+    alice = await open_bot(ws_url, "alice")
+    rooms = [f"room{i}" for i in range(20)]
+    await asyncio.wait_for(asyncio.gather(*(alice.client.join(r) for r in rooms)), DEADLINE)
+    mark = len(alice.events)
+    alice.client.drop()
+    await rejoined(alice, 20, after=mark)
+    assert [e for e in alice.events if e["type"] == "error"] == []
+    ack = await said(alice, "still here", room="room19")
+    assert ack["room"] == "room19"
 
 
 # --------------------------------------------------------------------------- server process

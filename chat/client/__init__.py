@@ -6,10 +6,11 @@ jitter, resumes its session and rooms, and re-sends every `say` not yet acknowle
 with its cid. The decisions live in `chat.client.state` (sans I/O); this module only
 applies them.
 
-Each connection is served by four tasks: a reader (every frame stamps liveness), a
+Each connection is served by five tasks: a reader (every frame stamps liveness), a
 writer draining one outbound queue (so frames leave in the order they were queued and
-no caller ever waits on the socket), a watchdog (pings and the silence deadline) and a
-pacer (says, within the server's rate).
+no caller ever waits on the socket), a watchdog (pings and the silence deadline), a
+pacer for says (within the server's rate) and one for requests (joins and leaves
+within the server's join rate, history requests in line behind them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import orjson
 from aiohttp import WSMsgType
 
 from chat.client.state import (
+    RETRYABLE,
     Next,
     Outbox,
     Pacer,
@@ -38,6 +40,8 @@ from chat.client.state import (
     after_close,
     after_hello_error,
     backoff_delay,
+    read_rate,
+    retry_after,
     valid_cid,
 )
 
@@ -51,6 +55,9 @@ Event = dict[str, Any]
 CONNECT_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 1.0  # s a polite close may take before the socket is dropped
 _REQUESTS: Final = ("join", "leave", "history")
+_PACED: Final = ("join", "leave")  # what `limits.join_rate` counts
+# s (interval, timeout) until `welcome` tells the real ones
+_DEFAULT_HEARTBEAT: Final = (10.0, 30.0)
 
 
 class ChatError(Exception):
@@ -102,8 +109,19 @@ class _Link:
     )
     welcomed: asyncio.Event = field(default_factory=asyncio.Event)
     welcome: Event | None = None
+    hello: Event | None = None
+    hello_retry: asyncio.TimerHandle | None = None  # hello answered `unavailable`
+    heartbeat: tuple[float, float] = _DEFAULT_HEARTBEAT  # (interval, timeout), s
+    heartbeat_changed: asyncio.Event = field(default_factory=asyncio.Event)
     pacer: Pacer | None = None
-    hold_until: float = 0.0  # no say before this loop time (rate_limited)
+    hold_until: float = 0.0  # no say before this loop time (rate_limited, unavailable)
+    join_pacer: Pacer | None = None
+    # Requests not sent yet, in order: joins and leaves wait for the join pacer, and
+    # history requests wait behind the joins of their rooms.
+    queued: deque[_Request] = field(default_factory=deque)
+    queued_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    requests_hold_until: float = 0.0  # no request before this loop time
+    joined: set[str] = field(default_factory=set)  # rooms answered `joined` on this link
     close_code: int | None = None
     end: _End | None = None  # set when this side decided to end the connection
     abort: bool = False  # drop the socket without a close handshake
@@ -265,7 +283,9 @@ class ChatClient:
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._join_waiters.setdefault(room, []).append(future)
         link = self._live_link()
-        if link is not None and not any(r.room == room for r in link.fifo["join"]):
+        if link is not None and not any(
+            r.kind == "join" and r.room == room for r in (*link.fifo["join"], *link.queued)
+        ):
             self._send_request(link, _Request("join", room, state.join_frame()))
         return await future
 
@@ -369,12 +389,14 @@ class ChatClient:
             hello["session"] = self._session_id
         if self.token is not None:
             hello["token"] = self.token
+        link.hello = hello
         link.send(hello)
         tasks = [
             asyncio.create_task(self._read(link), name="chat-client-read"),
             asyncio.create_task(self._write(link), name="chat-client-write"),
             asyncio.create_task(self._watch(link), name="chat-client-watch"),
             asyncio.create_task(self._pace(link), name="chat-client-pace"),
+            asyncio.create_task(self._pace_requests(link), name="chat-client-requests"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -384,6 +406,8 @@ class ChatClient:
         finally:
             if self._link is link:
                 self._link = None
+            if link.hello_retry is not None:
+                link.hello_retry.cancel()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -441,12 +465,10 @@ class ChatClient:
             link.end = _End(Next.RECONNECT, "no welcome from the server")
             link.abort = True
             return
-        assert link.welcome is not None
-        heartbeat = link.welcome.get("heartbeat") or {}
-        interval = float(heartbeat.get("interval", 10))
-        timeout = float(heartbeat.get("timeout", 30))
-        next_ping = loop.time() + interval
+        last_ping = loop.time()
         while True:
+            # Read every round: a `settings` frame may have changed them (and woken us).
+            interval, timeout = link.heartbeat
             now = loop.time()
             silent = now - link.last_seen
             if silent >= timeout:
@@ -455,10 +477,14 @@ class ChatClient:
                 link.end = _End(Next.RECONNECT, "server not responding")
                 link.abort = True
                 return
-            if now >= next_ping:
+            if now >= last_ping + interval:
                 link.send({"type": "ping", "t": now})
-                next_ping = now + interval
-            await asyncio.sleep(min(next_ping, link.last_seen + timeout) - now)
+                last_ping = now
+            sleep = min(last_ping + interval, link.last_seen + timeout) - now
+            link.heartbeat_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sleep):
+                    await link.heartbeat_changed.wait()
 
     async def _pace(self, link: _Link) -> None:
         """Send unacknowledged says in order, within the rate the server announced."""
@@ -466,7 +492,8 @@ class ChatClient:
         await link.welcomed.wait()
         assert link.pacer is not None
         while True:
-            say = self._outbox.next_unsent()
+            held = [name for name in self._rooms if name not in link.joined]
+            say = self._outbox.next_unsent(held)
             if say is None:
                 self._outbox_changed.clear()
                 await self._outbox_changed.wait()
@@ -479,6 +506,34 @@ class ChatClient:
             link.pacer.take(now)
             say.sent = True
             link.send(say.frame())
+
+    async def _pace_requests(self, link: _Link) -> None:
+        """Send queued requests in order; joins and leaves within `limits.join_rate`."""
+        loop = asyncio.get_running_loop()
+        await link.welcomed.wait()
+        assert link.join_pacer is not None
+        while True:
+            if not link.queued:
+                link.queued_changed.clear()
+                await link.queued_changed.wait()
+                continue
+            request = link.queued[0]
+            now = loop.time()
+            paced = request.kind in _PACED
+            wait = max(link.requests_hold_until - now, link.join_pacer.delay(now) if paced else 0.0)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            link.queued.popleft()
+            if request.kind == "join":
+                state = self._rooms.get(request.room)
+                if state is None:
+                    continue  # left before its turn came; its waiters were told
+                request.frame = state.join_frame()
+            if paced:
+                link.join_pacer.take(now)
+            link.fifo[request.kind].append(request)
+            link.send(request.frame)
 
     # ------------------------------------------------------------------ frames
 
@@ -512,6 +567,8 @@ class ChatClient:
             self._on_error(link, frame)
         elif kind == "welcome":
             self._on_welcome(link, frame)
+        elif kind == "settings":
+            self._on_settings(link, frame)
         else:
             self._emit(frame)
 
@@ -523,7 +580,11 @@ class ChatClient:
         self.nick = str(frame.get("nick", self.nick))
         self._welcomed_once = True
         link.welcome = frame
+        if link.hello_retry is not None:
+            link.hello_retry.cancel()
         link.pacer = Pacer.for_limits(frame.get("limits"), loop.time())
+        link.join_pacer = Pacer.for_joins(frame.get("limits"), loop.time())
+        link.heartbeat = _read_heartbeat(frame.get("heartbeat")) or _DEFAULT_HEARTBEAT
         self._link = link
         logger.info("connected as %s (%s session)", self.nick, "resumed" if resumed else "new")
         self._emit({
@@ -544,12 +605,30 @@ class ChatClient:
         if self._first is not None and not self._first.done():
             self._first.set_result(frame)
 
+    def _on_settings(self, link: _Link, frame: Event) -> None:
+        """New heartbeat and limits after the server reloaded its configuration: use them now."""
+        heartbeat = _read_heartbeat(frame.get("heartbeat"))
+        if heartbeat is not None and heartbeat != link.heartbeat:
+            link.heartbeat = heartbeat
+            link.heartbeat_changed.set()  # the watchdog re-plans its ping and deadline
+        limits = frame.get("limits")
+        now = asyncio.get_running_loop().time()
+        if link.pacer is not None and read_rate(limits, "rate") is not None:
+            fresh = Pacer.for_limits(limits, now)
+            link.pacer.retune(fresh.rate, fresh.burst, now)
+        if link.join_pacer is not None and read_rate(limits, "join_rate") is not None:
+            fresh = Pacer.for_joins(limits, now)
+            link.join_pacer.retune(fresh.rate, fresh.burst, now)
+        self._emit(frame)
+
     def _on_joined(self, link: _Link, frame: Event) -> None:
         room = str(frame.get("room"))
         self._pop(link, "join")
         state = self._rooms.get(room)
         if state is None:
             return  # left while the join was on its way
+        link.joined.add(room)
+        self._outbox_changed.set()  # says held for this room may go now
         previous = state.epoch
         if state.on_joined(frame):
             self._emit({"type": "reset", "room": room, "epoch": state.epoch, "previous": previous})
@@ -585,17 +664,24 @@ class ChatClient:
         ref = frame.get("ref")
         code = str(frame.get("code"))
         message = str(frame.get("message", ""))
+        loop = asyncio.get_running_loop()
+        wait = retry_after(frame)
+        if code == "unavailable":
+            # The server cannot reach its store: whatever was refused is asked again.
+            self._emit({"type": "status", "state": "unavailable", "retry_after": wait, "ref": ref})
         if link.welcome is None and ref == "hello":
+            if code == "unavailable":
+                link.hello_retry = loop.call_later(wait, self._resend_hello, link)
+                return
             nxt = after_hello_error(code, self._welcomed_once)
             link.end = _End(nxt, f"hello refused: {code}: {message}", error=code)
             if nxt is Next.STOP:
                 link.abort = code == "unauthorized"  # the server closes with 4003 anyway
             return
         if isinstance(ref, str) and ref in self._says:
-            if code == "rate_limited":
-                retry_after = frame.get("retry_after")
-                wait = float(retry_after) if isinstance(retry_after, int | float) else 1.0
-                link.hold_until = asyncio.get_running_loop().time() + wait
+            if code in RETRYABLE:
+                # Kept with its cid, and every say held until then, so the order holds.
+                link.hold_until = max(link.hold_until, loop.time() + wait)
                 self._outbox.unsend(ref)
                 self._outbox_changed.set()
                 return
@@ -605,14 +691,34 @@ class ChatClient:
         if ref in _REQUESTS:
             request = self._pop(link, str(ref))
             if request is not None:
+                if code in RETRYABLE and self._still_wanted(request):
+                    link.queued.appendleft(request)
+                    link.requests_hold_until = max(link.requests_hold_until, loop.time() + wait)
+                    link.queued_changed.set()
+                    return
                 self._request_failed(request, ChatError(code, message, frame))
                 return
-        self._emit(frame)
+        if code != "unavailable":  # already told as a status
+            self._emit(frame)
+
+    def _resend_hello(self, link: _Link) -> None:
+        link.hello_retry = None
+        if link.end is None and link.welcome is None and link.hello is not None:
+            link.send(link.hello)
+
+    def _still_wanted(self, request: _Request) -> bool:
+        """Whether a request refused for now is still worth asking again."""
+        if request.kind == "join":
+            return request.room in self._rooms
+        if request.kind == "leave":
+            return request.room not in self._rooms
+        return request in self._history
 
     def _request_failed(self, request: _Request, error: ChatError) -> None:
         if request.kind == "join":
             # The room cannot be joined (invalid, forbidden, too many): stop wanting it.
             self._rooms.pop(request.room, None)
+            self._outbox_changed.set()  # says held for it go, and are refused
             waiters = self._join_waiters.pop(request.room, [])
             for waiter in waiters:
                 _fail(waiter, error)
@@ -627,8 +733,8 @@ class ChatClient:
     # ------------------------------------------------------------------ bookkeeping
 
     def _send_request(self, link: _Link, request: _Request) -> None:
-        link.fifo[request.kind].append(request)
-        link.send(request.frame)
+        link.queued.append(request)
+        link.queued_changed.set()
 
     def _pop(self, link: _Link, kind: str) -> _Request | None:
         fifo = link.fifo[kind]
@@ -645,8 +751,8 @@ class ChatClient:
         self._outbox.connection_lost()
         # A leave in flight needs no answer: a session that ended left every room, and
         # a taken-over one is told to leave again after `welcome`.
-        for request in link.fifo["leave"]:
-            if request.future is not None:
+        for request in (*link.fifo["leave"], *link.queued):
+            if request.kind == "leave" and request.future is not None:
                 _resolve(request.future, {"type": "left", "room": request.room})
         # Joins and history requests go out again on the next connection.
 
@@ -694,6 +800,20 @@ class ChatClient:
         for request in self._history:
             if request.future is not None:
                 _fail(request.future, closed)
+
+
+def _read_heartbeat(value: Any) -> tuple[float, float] | None:
+    """(interval, timeout) of a `welcome` or `settings` heartbeat, None when unusable."""
+    if not isinstance(value, dict):
+        return None
+    interval, timeout = value.get("interval"), value.get("timeout")
+    if (
+        isinstance(interval, int | float) and isinstance(timeout, int | float)
+        and not isinstance(interval, bool) and not isinstance(timeout, bool)
+        and interval > 0 and timeout > 0
+    ):
+        return float(interval), float(timeout)
+    return None
 
 
 def _resolve(future: asyncio.Future[Event], frame: Event) -> None:

@@ -66,6 +66,8 @@ def render(event: Event, room: str) -> str | None:
             return f"* connected as {event.get('nick')} ({how})"
         if state == "not_responding":
             return "* the server is not responding"
+        if state == "unavailable":
+            return f"* server unavailable, retrying in {event.get('retry_after', 0):g}s"
         if state == "reconnecting":
             return f"* reconnecting in {event.get('delay', 0):.1f}s ({event.get('reason')})"
         if state == "closed":

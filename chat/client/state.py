@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -18,6 +18,11 @@ from chat.protocol import MAX_CID, Close
 _MAX_EXPONENT: Final = 60
 # Re-sends after a reconnect are paced to at most this many a second, whatever the server allows.
 MAX_SEND_RATE: Final = 20.0
+# The contract's `limits.join_rate` default (5 a second, bursts of 40) as (rate, burst):
+# what a server that does not announce one allows.
+DEFAULT_JOIN_RATE: Final = (5.0, 40.0)
+# Refusals that mean "not now": the request is kept and asked again after `retry_after`.
+RETRYABLE: Final = frozenset({"rate_limited", "unavailable"})
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -60,6 +65,14 @@ def after_hello_error(code: str, welcomed_before: bool) -> Next:
 
 def valid_cid(cid: str) -> bool:
     return 1 <= len(cid) <= MAX_CID
+
+
+def retry_after(frame: dict[str, Any]) -> float:
+    """Seconds an `error` asks the client to wait before asking again (1 if it does not say)."""
+    value = frame.get("retry_after")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return 1.0
 
 
 @dataclass(slots=True)
@@ -148,9 +161,15 @@ class Outbox:
         """Forget a say (acknowledged, refused or withdrawn)."""
         return self._says.pop(cid, None)
 
-    def next_unsent(self) -> PendingSay | None:
-        """The oldest say not sent on the current connection."""
-        return next((say for say in self._says.values() if not say.sent), None)
+    def next_unsent(self, held: Collection[str] = ()) -> PendingSay | None:
+        """The oldest say not sent on the current connection, except in the `held` rooms.
+
+        A room is held while it is being (re-)joined: a say that reached the server
+        before the room's `join` would be refused with `not_joined`.
+        """
+        return next(
+            (say for say in self._says.values() if not say.sent and say.room not in held), None
+        )
 
     def unsend(self, cid: str) -> None:
         """Send this one again (it was rate limited)."""
@@ -181,13 +200,28 @@ class Pacer:
     def for_limits(cls, limits: Any, now: float) -> Pacer:
         """From `welcome.limits.rate`, never faster than MAX_SEND_RATE."""
         rate, burst = MAX_SEND_RATE, MAX_SEND_RATE
-        try:
-            server = limits["rate"]
-            rate = min(rate, float(server["messages"]) / float(server["per"]))
-            burst = min(burst, float(server["burst"]))
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            pass
+        server = read_rate(limits, "rate")
+        if server is not None:
+            rate, burst = min(rate, server[0]), min(burst, server[1])
         return cls(max(rate, 0.1), burst, now)
+
+    @classmethod
+    def for_joins(cls, limits: Any, now: float) -> Pacer:
+        """Inside `welcome.limits.join_rate` (or the contract's default when absent).
+
+        One token less and a tenth slower than the server's bucket, so that joins bunched
+        up on the way still arrive within it: a session re-joining its rooms after a
+        reconnect is never refused for them.
+        """
+        rate, burst = read_rate(limits, "join_rate") or DEFAULT_JOIN_RATE
+        return cls(max(rate * 0.9, 0.1), max(1.0, burst - 1), now)
+
+    def retune(self, rate: float, burst: float, now: float) -> None:
+        """New limits (a `settings` frame): what was spent stays spent."""
+        self._refill(now)
+        self.rate = max(rate, 0.1)
+        self.burst = max(1.0, burst)
+        self.tokens = min(self.tokens, self.burst)
 
     def _refill(self, now: float) -> None:
         if now > self.at:
@@ -202,3 +236,14 @@ class Pacer:
     def take(self, now: float) -> None:
         self._refill(now)
         self.tokens -= 1
+
+
+def read_rate(limits: Any, key: str) -> tuple[float, float] | None:
+    """(messages a second, burst) of `limits[key]`, None when it is absent or malformed."""
+    try:
+        server = limits[key]
+        rate = float(server["messages"]) / float(server["per"])
+        burst = float(server["burst"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return (rate, burst) if rate > 0 and burst >= 1 else None
