@@ -20,7 +20,6 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-
 from nodes import Node, Redis  # bench/ is sys.path[0] when run as a script
 
 

@@ -34,11 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nodes import Redis, cpu_seconds  # noqa: E402  (bench/ is sys.path[0])
+
 from chat.cluster.redis_link import RedisLink  # noqa: E402
 from chat.config import RedisConfig  # noqa: E402
 from chat.history.redis import RedisHistory, _frame_parts  # noqa: E402
 from chat.metrics import Metrics  # noqa: E402
-from nodes import Redis, cpu_seconds  # noqa: E402  (bench/ is sys.path[0])
 
 ROOMS = 5
 
