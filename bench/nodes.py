@@ -10,7 +10,10 @@ subprocesses on free ports of 127.0.0.1 (the per-connection rate limit lifted):
 - `sqlite`: one node, `history.backend: sqlite` (WAL, synchronous=FULL);
 - `always`: a `redis-server` with `appendonly yes` + `appendfsync always`, and two
   nodes with `history.backend: redis` on it;
-- `everysec`: the same with `appendfsync everysec`.
+- `everysec`: the same with `appendfsync everysec`;
+- `batched` (only when asked for): as `always`, but the nodes run bench/batched.py, the
+  server with its Redis says sent in pipelines: a prototype, to measure what batching
+  would bring.
 
 `--senders` clients join 5 rooms (`room{n % 5}`); with two nodes, sender n connects to
 node n % 2, so every room has members on both nodes. Measured, as in bench/say.py:
@@ -63,7 +66,8 @@ sys.path.insert(0, str(ROOT))
 from tests.redisproc import RedisServer  # noqa: E402
 
 ROOMS = 5
-SETUPS = ("sqlite", "always", "everysec")
+SETUPS = ("sqlite", "always", "everysec", "batched")
+DEFAULT_SETUPS = "sqlite,always,everysec"
 
 
 class Redis(RedisServer):
@@ -92,7 +96,7 @@ class Node:
     """`python -m chat` on a free port of 127.0.0.1, with its stderr kept in a file."""
 
     def __init__(self, name: str, history: dict[str, Any], redis_url: str | None,
-                 workdir: Path) -> None:
+                 workdir: Path, main: list[str] | None = None) -> None:
         config: dict[str, Any] = {
             "history": history,
             # The benchmark measures the backend, not the per-connection rate limit.
@@ -106,8 +110,8 @@ class Node:
         self.log = workdir / f"{name}.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "chat", "--config", str(path), "--host", "127.0.0.1",
-                 "--port", "0", "--log-level", "WARNING"],
+                [sys.executable, *(main or ["-m", "chat"]), "--config", str(path),
+                 "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING"],
                 cwd=workdir, stdout=subprocess.PIPE, stderr=log, text=True,
                 # The node runs this checkout's code, whatever the venv was installed from.
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -315,10 +319,14 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
                                              "path": str(workdir / "bench.db")},
                                   None, workdir))
             else:
-                redis = Redis(workdir / "redis", setup)
+                redis = Redis(workdir / "redis", "everysec" if setup == "everysec" else "always")
+                # `batched`: the server with bench/batched.py's says, a prototype.
+                main = [str(ROOT / "bench" / "batched.py")] if setup == "batched" else None
                 redis.start()
                 for n in range(2):
-                    nodes.append(Node(f"node{n}", {"backend": "redis"}, redis.url, workdir))
+                    nodes.append(
+                        Node(f"node{n}", {"backend": "redis"}, redis.url, workdir, main)
+                    )
             probe = Probe()
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0)
@@ -422,7 +430,7 @@ def line(r: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--setups", default=DEFAULT_SETUPS)
     parser.add_argument("--senders", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=500.0)
