@@ -2,7 +2,11 @@
 
     .venv/bin/python bench/nodes.py [--setups sqlite,always,everysec] [--senders 50]
                                     [--seconds 5] [--rate 500] [--rate-seconds 5]
-                                    [--repeat 3] [--profile DIR]
+                                    [--repeat 3] [--quiet 0.25] [--profile DIR]
+
+Also: the nodes' log lines (but for everysec's expected warning) and any `say`
+answered with an error are printed with the run. Past about 100 senders per node the
+nodes run out of redis-py's pool (see docs/benchmarks.md).
 
 Setups, each started afresh per run in a temporary directory, with `python -m chat`
 subprocesses on free ports of 127.0.0.1 (the per-connection rate limit lifted):
