@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from chat import auth, logs, protocol, reload
+from chat import auth, logs, protocol, reload, server
 from chat.app import create_app
 from chat.config import Config, ConfigError, config_loader, load_config
 from chat.history import HistoryOpenError
@@ -85,8 +85,10 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     if load is not None:
         loop.add_signal_handler(signal.SIGHUP, reload.reload, app, load)
+    server.prepare_process(loop)
     # Half the budget for closing WebSockets (on_shutdown), half for the rest.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2,
+                           **server.handler_options(config))
     try:
         await runner.setup()  # opens the history store
     except HistoryOpenError as err:

@@ -55,8 +55,9 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self._send_buffer = send_buffer
-        self._queue: deque[tuple[bytes, WSMsgType]] = deque()
-        self._queued_bytes = 0
+        self._queue: deque[tuple[bytes, WSMsgType, bool]] = deque()  # (data, opcode, exempt)
+        self._queued_bytes = 0  # every queued frame: what replies_taken waits on
+        self._exempt_bytes = 0  # the part the slow-consumer limit does not count
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()  # set whenever the queue is empty
         self._drained.set()
@@ -76,17 +77,30 @@ class Connection:
 
     # ----------------------------------------------------------------- sending
 
-    def send(self, data: bytes, opcode: WSMsgType = WSMsgType.TEXT) -> None:
-        """Queue one frame; never blocks. A client too far behind is dropped with 4001."""
+    def send(
+        self, data: bytes, opcode: WSMsgType = WSMsgType.TEXT, *, exempt: bool = False
+    ) -> None:
+        """Queue one frame; never blocks. A client too far behind is dropped with 4001.
+
+        `exempt` frames (a `joined` and the live frames held while it was prepared) are
+        neither checked against `send_buffer` nor counted by it: the client asked for
+        them at once, so they never make it a slow consumer by themselves. The
+        dispatcher still waits for them to drain before the next request
+        (`replies_taken`), which bounds them to one join's worth.
+        """
         if self.closing:
             return
-        # A frame that finds the queue empty is always accepted, so one large reply
-        # never trips the limit by itself.
-        if self._queue and self._queued_bytes + len(data) > self._send_buffer:
+        size = len(data)
+        counted = self._queued_bytes - self._exempt_bytes
+        # A frame that finds nothing counted queued is always accepted, so one large
+        # reply never trips the limit by itself.
+        if not exempt and counted and counted + size > self._send_buffer:
             self.abort(Close.SLOW_CONSUMER, "slow consumer")
             return
-        self._queue.append((data, opcode))
-        self._queued_bytes += len(data)
+        self._queue.append((data, opcode, exempt))
+        self._queued_bytes += size
+        if exempt:
+            self._exempt_bytes += size
         self._drained.clear()
         self._wakeup.set()
 
@@ -123,8 +137,10 @@ class Connection:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                data, opcode = self._queue.popleft()
+                data, opcode, exempt = self._queue.popleft()
                 self._queued_bytes -= len(data)
+                if exempt:
+                    self._exempt_bytes -= len(data)
                 await ws.send_frame(data, opcode)
         except ConnectionError:
             # The peer is gone; the reader sees it too and releases the connection.
@@ -149,7 +165,7 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self._queue.clear()
-        self._queued_bytes = 0
+        self._queued_bytes = self._exempt_bytes = 0
         self._drained.set()
         if self._writer is not None:
             self._writer.cancel()

@@ -30,6 +30,7 @@ from chat.settings import settings_fields
 logger = logging.getLogger(__name__)
 
 TYPING_EVERY: Final = 1.0  # s: at most one relayed `typing` per connection and room
+ROOMS_PAGE_MAX: Final = 1000  # rooms in one page of /api/rooms (and its default)
 
 
 class Dropped:
@@ -86,6 +87,7 @@ class Hub:
         self.sessions: dict[str, Session] = {}  # the sessions held on this node
         self.rooms: dict[str, Room] = {}  # rooms with a receiver on this node
         self.buckets: dict[Connection, TokenBucket] = {}
+        self.join_buckets: dict[Connection, TokenBucket] = {}  # `join` and `leave`
         self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
         self._ids = itertools.count(1)
@@ -135,6 +137,7 @@ class Hub:
         if not self.connections:
             self._empty.set()
         self.buckets.pop(conn, None)
+        self.join_buckets.pop(conn, None)
         self.metrics.connections.dec()
         self._drop_delivery(conn)
         session = conn.session
@@ -266,6 +269,8 @@ class Hub:
     async def join(self, conn: Connection, event: protocol.Join) -> Outcome:
         session = conn.session
         assert session is not None
+        if (limited := self._join_limited(conn)) is not None:
+            return limited
         name = event.room
         if not protocol.valid_room(name):
             return ROOM_INVALID
@@ -292,8 +297,9 @@ class Hub:
         conn.rooms.add(name)
         room.receivers[conn] = 0
         try:
+            history = self.config.history
             replay = await self.store.replay(
-                name, event.since, event.epoch, self.config.history.replay
+                name, event.since, event.epoch, history.replay, history.recover
             )
         except BaseException:
             held = conn.pending.pop(name, None)
@@ -313,10 +319,10 @@ class Hub:
             "members": protocol.sort_nicks(entered.members),
             "messages": [message.frame() for message in replay.messages],
             "complete": replay.complete,
-        }))
+        }), exempt=True)
         for msg_id, data in held:
             if msg_id is None or msg_id > replay.last_id:
-                conn.send(data)
+                conn.send(data, exempt=True)
         return None
 
     def _unwatch_if_unused(self, name: str) -> None:
@@ -326,6 +332,8 @@ class Hub:
     async def leave(self, conn: Connection, event: protocol.Leave) -> Outcome:
         session = conn.session
         assert session is not None
+        if (limited := self._join_limited(conn)) is not None:
+            return limited
         name = event.room
         if not protocol.valid_room(name):
             return ROOM_INVALID
@@ -397,6 +405,21 @@ class Hub:
             )
         return bucket
 
+    def _join_limited(self, conn: Connection) -> Invalid | None:
+        """Spend a token of the connection's `join`/`leave` bucket (limits.join_rate)."""
+        now = self.clock()
+        bucket = self.join_buckets.get(conn)
+        if bucket is None:
+            rate = self.config.limits.join_rate
+            bucket = self.join_buckets[conn] = TokenBucket.full(
+                rate.messages, rate.per, rate.burst, now
+            )
+        retry_after = bucket.take(now)
+        if retry_after > 0:
+            return Invalid("rate_limited", "too many joins and leaves; slow down", None,
+                           retry_after=retry_after)
+        return None
+
     async def typing(self, conn: Connection, event: protocol.Typing) -> Outcome:
         session = conn.session
         assert session is not None
@@ -433,7 +456,10 @@ class Hub:
 
     # ------------------------------------------------------------ views
 
-    async def room_list(self, after: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    async def room_list(
+        self, after: str | None = None, limit: int = ROOMS_PAGE_MAX
+    ) -> list[dict[str, Any]]:
+        """One page of /api/rooms: at most `limit` rooms whose names sort after `after`."""
         return await self.cluster.rooms(after, limit)
 
 

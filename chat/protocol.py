@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import orjson
 
+from chat.ignorable import default_ignorable
+
 VERSION: Final = 1
 LEGACY_HEARTBEAT: Final = "~h#c~"
 LEGACY_HEARTBEAT_BYTES: Final = LEGACY_HEARTBEAT.encode()
@@ -23,6 +25,9 @@ MAX_NICK: Final = 32
 MAX_CID: Final = 64
 HISTORY_DEFAULT_LIMIT: Final = 50
 HISTORY_MAX_LIMIT: Final = 100
+# Levels of arrays and objects a frame may nest (the frame object itself is level 1).
+# Deeper values could not even be echoed: orjson refuses to encode past 254 levels.
+MAX_DEPTH: Final = 32
 
 ROOM_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _NICK_EXTRA: Final = frozenset("_-.")
@@ -106,6 +111,7 @@ class Invalid:
     message: str
     ref: str | None
     retry_after: float | None = None
+    kind: str | None = None  # the frame's `type`, when it had a string one
 
 
 ClientEvent = Hello | Join | Leave | Say | Typing | HistoryRequest | Ping | LegacyPing
@@ -190,6 +196,24 @@ def _build(kind: str, obj: dict[str, Any]) -> ClientEvent:
 _KINDS: Final = frozenset({"hello", "join", "leave", "say", "typing", "history", "ping"})
 
 
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """Whether `obj` nests arrays and objects more than `limit` levels (itself level 1)."""
+    if not isinstance(obj, dict | list):
+        return False
+    level = [obj]
+    for _ in range(limit):
+        # The containers one level further down; walked breadth first, without recursion.
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
 def parse(text: str) -> ClientEvent | Invalid:
     """Turn one inbound text frame into an event, or into the error it deserves."""
     if text == LEGACY_HEARTBEAT:
@@ -199,17 +223,27 @@ def parse(text: str) -> ClientEvent | Invalid:
     except orjson.JSONDecodeError:
         # orjson also refuses lone surrogates and nesting past its recursion limit.
         return Invalid("bad_json", "frame is not valid JSON", None)
+    # Nesting takes an opening bracket and two characters per level, and a frame with no
+    # `[` and no `{` but its own has none: these tests, at C speed and inline (this runs
+    # on every frame), spare the walk for ordinary frames.
+    if (
+        len(text) > 2 * MAX_DEPTH
+        and ("[" in text or "{" in text[1:])
+        and text.count("[") + text.count("{") > MAX_DEPTH
+        and _deeper_than(obj, MAX_DEPTH)
+    ):
+        return Invalid("bad_json", f"frame is nested deeper than {MAX_DEPTH} levels", None)
     if not isinstance(obj, dict):
         return Invalid("bad_request", "frame must be a JSON object", None)
     kind = obj.get("type")
     if not isinstance(kind, str):
         return Invalid("bad_request", "'type' must be a string", _ref(obj))
     if kind not in _KINDS:
-        return Invalid("unknown_type", f"unknown type {kind[:40]!r}", _ref(obj))
+        return Invalid("unknown_type", f"unknown type {kind[:40]!r}", _ref(obj), kind=kind)
     try:
         return _build(kind, obj)
     except _BadField as err:
-        return Invalid("bad_request", err.message, _ref(obj))
+        return Invalid("bad_request", err.message, _ref(obj), kind=kind)
 
 
 # --------------------------------------------------------------------------- rules
@@ -223,7 +257,9 @@ def normalize_nick(raw: str) -> str | None:
     for ch in nick:
         if ch in _NICK_EXTRA:
             continue
-        if unicodedata.category(ch)[0] not in "LN":
+        # Some letters show as nothing (the Hangul fillers are Lo): such a nick would
+        # look like another one.
+        if unicodedata.category(ch)[0] not in "LN" or default_ignorable(ch):
             return None
     return nick
 
@@ -265,7 +301,12 @@ def error_frame(
 
 
 def pong_frame(t: Any, ts: int) -> bytes:
-    return orjson.dumps({"type": "pong", "t": t, "ts": ts})
+    """A pong echoing `t`; never raises, so a heartbeat is always answered."""
+    try:
+        return orjson.dumps({"type": "pong", "t": t, "ts": ts})
+    except orjson.JSONEncodeError:
+        # `parse` bounds nesting, so only a value that did not come from it gets here.
+        return orjson.dumps({"type": "pong", "t": None, "ts": ts})
 
 
 def close_frame(code: int, reason: str) -> bytes:

@@ -96,6 +96,7 @@ def apply(app: web.Application, new: Plan) -> None:
     logs.use_format(config.log.format)
     if config.limits != old.limits:
         retune(hub.buckets.values(), config.limits.rate, hub.clock())
+        retune(hub.join_buckets.values(), config.limits.join_rate, hub.clock())
         for conn in hub.connections:
             conn.set_send_buffer(config.limits.send_buffer)
     if new.settings_changed:

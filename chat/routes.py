@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from chat import __version__
 from chat.history import BackendUnavailable
+from chat.hub import ROOMS_PAGE_MAX
 from chat.keys import CONFIG, HISTORY, HUB, METRICS
 from chat.metrics import CONTENT_TYPE
 
@@ -84,8 +85,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def api_rooms(request: web.Request) -> web.Response:
+    """One page of rooms: `?limit=` (1 to 1000, default 1000) names after `?after=`."""
+    query = request.query
+    raw = query.get("limit")
+    limit = ROOMS_PAGE_MAX
+    if raw is not None:
+        # Plain digits only: int() would also take " 5", "+5", "5_0", and a huge one raises.
+        plain = raw.isascii() and raw.isdigit() and len(raw) <= len(str(ROOMS_PAGE_MAX))
+        limit = int(raw) if plain else 0
+        if not 1 <= limit <= ROOMS_PAGE_MAX:
+            return web.json_response(
+                {"error": f"limit must be an integer from 1 to {ROOMS_PAGE_MAX}"}, status=400
+            )
     try:
-        rooms = await request.app[HUB].room_list()
+        rooms = await request.app[HUB].room_list(query.get("after"), limit)
     except BackendUnavailable as err:
         return web.json_response(
             {"error": "unavailable", "message": str(err), "retry_after": err.retry_after},

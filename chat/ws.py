@@ -12,13 +12,14 @@ import asyncio
 import logging
 from typing import Final
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 
 from chat import protocol
 from chat.connection import CLOSE_TIMEOUT, Connection
 from chat.history import BackendUnavailable
 from chat.hub import DROPPED, Hub, Outcome, now_ms
 from chat.keys import HUB, PROXIES
+from chat.metrics import close_label
 from chat.policy import client_address, origin_allowed, own_origin, trusted_peer
 from chat.protocol import Close, Invalid
 
@@ -78,6 +79,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     hub.register(conn)
     try:
         await ws.prepare(request)
+    except ConnectionError:
+        # The client gave up during the upgrade: nothing went wrong on our side. Drop the
+        # socket so aiohttp's own reply fails quietly too (it logs that at DEBUG).
+        hub.release(conn)
+        logger.info("client %s went away during the upgrade", address)
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response()
     except BaseException:
         hub.release(conn)
         raise
@@ -88,10 +97,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await _read(hub, conn, ws, requests)
     finally:
         hub.release(conn, "timeout" if conn.close_code == Close.HEARTBEAT_TIMEOUT else "closed")
-        dispatcher.cancel()
-        await asyncio.gather(dispatcher, return_exceptions=True)
-        await conn.finish()
-        _log_end(hub, conn, ws)
+        try:
+            dispatcher.cancel()
+            await asyncio.gather(dispatcher, return_exceptions=True)
+            await conn.finish()
+        finally:
+            # Also when this task is cancelled meanwhile (aiohttp cancels handlers whose
+            # client went away, with handler_cancellation, and at shutdown).
+            _log_end(hub, conn, ws)
     return ws
 
 
@@ -111,30 +124,54 @@ async def _read(
         conn.last_seen = hub.clock()
         if conn.closing:
             continue  # drain until the close handshake ends the loop
-        kind = msg.type
-        if kind is WSMsgType.TEXT:
-            event = protocol.parse(msg.data)
-            if isinstance(event, protocol.LegacyPing):
-                conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
-                await requests.put(_HEARTBEAT)
-            elif isinstance(event, protocol.Ping):
-                # Answered here, ahead of requests still waiting on storage.
-                conn.send(protocol.pong_frame(event.t, now_ms()))
-                await requests.put(_HEARTBEAT)
-            else:
-                await requests.put(event)
-        elif kind is WSMsgType.PING:
-            conn.send(msg.data, WSMsgType.PONG)
-        elif kind is WSMsgType.PONG:
-            pass  # liveness is all a pong carries
-        elif kind is WSMsgType.BINARY:
-            conn.close(Close.UNSUPPORTED, "binary frames are not accepted")
-        elif kind is WSMsgType.ERROR:
-            # aiohttp has already closed with the matching code (1009 too big, 1007
-            # bad UTF-8, 1002 protocol error).
-            conn.close_code = ws.close_code
-            conn.close_reason = str(ws.exception() or "")
-            return
+        try:
+            if not await _receive(conn, ws, msg, requests):
+                return
+        except Exception:
+            # A bug, not the client's doing: after this the connection only drains, so
+            # however many frames follow, this logs once.
+            _crash(conn, "reading a frame")
+
+
+async def _receive(
+    conn: Connection, ws: web.WebSocketResponse, msg: WSMessage, requests: asyncio.Queue[Request]
+) -> bool:
+    """Act on one inbound message; False once the WebSocket has failed."""
+    kind = msg.type
+    if kind is WSMsgType.TEXT:
+        event = protocol.parse(msg.data)
+        if isinstance(event, protocol.LegacyPing):
+            conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
+            await requests.put(_HEARTBEAT)
+        elif isinstance(event, protocol.Ping):
+            # Answered here, ahead of requests still waiting on storage.
+            conn.send(protocol.pong_frame(event.t, now_ms()))
+            await requests.put(_HEARTBEAT)
+        else:
+            await requests.put(event)
+    elif kind is WSMsgType.PING:
+        conn.send(msg.data, WSMsgType.PONG)
+    elif kind is WSMsgType.PONG:
+        pass  # liveness is all a pong carries
+    elif kind is WSMsgType.BINARY:
+        conn.close(Close.UNSUPPORTED, "binary frames are not accepted")
+    elif kind is WSMsgType.ERROR:
+        # aiohttp has already sent the close frame: 1009 too big, 1007 bad UTF-8, 1002
+        # protocol error. Record that code: ws.close_code may since say 1006 (the peer
+        # did not answer the close), which is not what the client was told.
+        error = msg.data
+        conn.close_code = error.code if isinstance(error, WebSocketError) else ws.close_code
+        conn.close_reason = str(error or ws.exception() or "")
+        return False
+    return True
+
+
+def _crash(conn: Connection, doing: str) -> None:
+    """An unexpected error on one connection: log it once and close that connection with 1011."""
+    if conn.close_code == Close.INTERNAL:
+        return  # the reader and the dispatcher both failed: one traceback is enough
+    logger.exception("unexpected error %s on the connection from %s", doing, conn.remote)
+    conn.close(Close.INTERNAL, "unexpected server error")
 
 
 async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]) -> None:
@@ -152,8 +189,7 @@ async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]
             _send_error(hub, conn, unavailable, request, counts=False)
             continue
         except Exception:
-            logger.exception("request failed on connection from %s", conn.remote)
-            conn.close(Close.INTERNAL, "unexpected server error")
+            _crash(conn, "handling a request")
             return
         if outcome is DROPPED:
             continue
@@ -164,10 +200,15 @@ async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]
 
 
 async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
+    if conn.session is None and not isinstance(request, protocol.Hello):
+        # Before hello every type but hello and ping gets hello_required, unknown and
+        # ill-formed ones included; a frame with no string type keeps its own error.
+        if not isinstance(request, Invalid):
+            return Invalid("hello_required", "say hello first", None)
+        if request.kind not in (None, "hello", "ping"):
+            return Invalid("hello_required", "say hello first", request.ref)
     if isinstance(request, Invalid):
         return request
-    if conn.session is None and not isinstance(request, protocol.Hello):
-        return Invalid("hello_required", "say hello first", None)
     match request:
         case protocol.Hello():
             return await hub.hello(conn, request)
@@ -207,14 +248,17 @@ def _send_error(
 
 
 def _log_end(hub: Hub, conn: Connection, ws: web.WebSocketResponse) -> None:
-    code = conn.close_code if conn.close_code is not None else ws.close_code
+    by_client = conn.close_code is None  # else the server chose the code
+    code = ws.close_code if by_client else conn.close_code
     reason = conn.close_reason or ("closed by peer" if code is not None else "connection lost")
-    hub.metrics.closes.labels(str(code)).inc()
+    # Bounded: a client may close with any code, and both end up in metrics and logs.
+    label = close_label(code, by_client=by_client)
+    hub.metrics.closes.labels(label).inc()
     duration = hub.clock() - conn.opened
     logger.info(
         "connection end: nick=%s remote=%s code=%s reason=%s duration=%.1fs",
-        conn.nick or "-", conn.remote, code, reason, duration,
+        conn.nick or "-", conn.remote, label, reason, duration,
         # Fields of their own in JSON logs.
-        extra={"nick": conn.nick, "remote": conn.remote, "code": code, "reason": reason,
+        extra={"nick": conn.nick, "remote": conn.remote, "code": label, "reason": reason,
                "duration": round(duration, 3)},
     )

@@ -10,13 +10,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from chat.app import create_app
 from chat.config import Config, config_from_mapping
 from chat.history.memory import MemoryHistory
 from chat.keys import HISTORY
 from chat.protocol import LEGACY_HEARTBEAT
+from chat.server import handler_options
 
 DEADLINE = 5.0  # s: the most any single wait in a test may take
 
@@ -26,7 +27,10 @@ FAST: dict[str, Any] = {
     "history": {"backend": "memory"},
     "server": {"shutdown_timeout": 2},
     # Tests that are not about rate limits send faster than a person types.
-    "limits": {"rate": {"messages": 10000, "per": 1, "burst": 10000}},
+    "limits": {
+        "rate": {"messages": 10000, "per": 1, "burst": 10000},
+        "join_rate": {"messages": 10000, "per": 1, "burst": 10000},
+    },
 }
 
 
@@ -181,10 +185,19 @@ def config() -> Config:
     return make_config()
 
 
+async def serve(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
+    """The app for `config` on a test server with the handler options __main__ uses."""
+    server = TestServer(create_app(config))
+    # TestServer drops keyword arguments given to its constructor; start_server passes
+    # them on to the runner (aiohttp_client then finds the server started).
+    await server.start_server(**handler_options(config))
+    result: TestClient[Any, Any] = await aiohttp_client(server)
+    return result
+
+
 @pytest.fixture
 async def client(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
-    result: TestClient[Any, Any] = await aiohttp_client(create_app(config))
-    return result
+    return await serve(aiohttp_client, config)
 
 
 @pytest.fixture

@@ -119,6 +119,19 @@ async def test_malformed_frames_get_errors(client: Client, raw: str, code: str) 
     await assert_still_serves(client)
 
 
+@pytest.mark.parametrize("kind", ["ping", "say", "hello"])
+async def test_deeply_nested_frame_is_bad_json(client: Client, kind: str) -> None:
+    """A frame nested 255 deep (a ping's t 254 deep) gets bad_json, ref null; pings go on."""
+    peer = await connect(client, "alice")
+    await peer.join("lobby")
+    t = "[" * 254 + "]" * 254
+    error = await error_for(peer, f'{{"type": "{kind}", "room": "lobby", "t": {t}}}')
+    assert (error["code"], error["ref"]) == ("bad_json", None)
+    await peer.send({"type": "ping", "t": "still"})
+    await peer.next_is("pong", t="still")
+    await assert_still_serves(client)
+
+
 async def test_requests_before_hello(client: Client) -> None:
     """Before hello every request but ping and the legacy heartbeat gets hello_required."""
     peer = await connect(client)
@@ -172,7 +185,9 @@ async def test_oversize_frame_closes_1009(client: Client, size: int) -> None:
 @pytest.mark.parametrize(
     "nick",
     ["x" * 10_000, "x" * 33, "", " ", "ali ce", "ali\x00ce", "bob\n", "eve\x1b[31m",
-     "zero\u200bwidth", "rtl\u202eevil", "<script>", "a/b", "😀"],
+     "zero\u200bwidth", "rtl\u202eevil", "<script>", "a/b", "😀",
+     # Hangul fillers are letters (Lo) that show as nothing: Default_Ignorable.
+     "\u3164", "\u3164\u3164", "ali\u115fce", "\uffa0bob", "bob\u1160"],
 )
 async def test_invalid_nicks_refused(client: Client, nick: str) -> None:
     """Huge nicks and nicks with spaces, controls or symbols get nick_invalid; retry works."""
@@ -286,6 +301,34 @@ async def test_say_flood_ends_with_1008(aiohttp_client: Any) -> None:
     await asyncio.wait_for(client.app[HUB].wait_empty(), DEADLINE)
     rooms = await (await client.get("/api/rooms")).json()
     assert rooms == [{"room": "lobby", "members": 0, "last_id": 2}]
+    await assert_still_serves(client)
+
+
+async def test_join_leave_flood_rate_limited(aiohttp_client: Any) -> None:
+    """Past limits.join_rate's burst, join and leave get rate_limited with retry_after."""
+    client = await app_client(
+        aiohttp_client, {"limits": {"join_rate": {"messages": 2, "per": 1, "burst": 4}}}
+    )
+    peer = await connect(client, "alice")
+    watcher = await connect(client, "watcher")
+    await watcher.join("lobby")
+    hub = client.app[HUB]
+    now = hub.clock()
+    hub.clock = lambda: now  # no refill while the flood is read
+    for _ in range(2):
+        await peer.join("lobby")
+        await peer.send({"type": "leave", "room": "lobby"})
+        await peer.next_is("left", room="lobby")
+    for frame in ({"type": "join", "room": "lobby"}, {"type": "leave", "room": "lobby"}):
+        error = await error_for(peer, frame)
+        assert (error["code"], error["ref"]) == ("rate_limited", frame["type"])
+        assert 0 < error["retry_after"] <= 0.5 + 1e-9
+    # The watcher saw two joins and two leaves, and nothing of the refused ones.
+    events = [(await watcher.next_is("presence"))["event"] for _ in range(4)]
+    assert events == ["join", "leave", "join", "leave"]
+    hub.clock = lambda: now + 0.5
+    await peer.join("lobby")
+    await watcher.next_is("presence", event="join", nick="alice")
     await assert_still_serves(client)
 
 

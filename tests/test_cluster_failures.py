@@ -52,11 +52,20 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 async def http() -> Any:
     async with aiohttp.ClientSession() as session:
         yield session
+        # Close every WebSocket, also those whose node was killed, before the session.
+        for ws in getattr(session, "chat_sockets", []):
+            await ws.close()
 
 
 async def connect(http: aiohttp.ClientSession, node: ServerProcess, nick: str | None = None,
                   **extra: Any) -> Peer:
-    peer = Peer(await http.ws_connect(node.ws_url, autoping=True))
+    ws = await http.ws_connect(node.ws_url, autoping=True)
+    sockets = getattr(http, "chat_sockets", None)
+    if sockets is None:
+        sockets = []
+        http.chat_sockets = sockets  # type: ignore[attr-defined]
+    sockets.append(ws)
+    peer = Peer(ws)
     if nick is not None:
         await peer.hello(nick, **extra)
     return peer

@@ -14,81 +14,91 @@ EPOCH = "e1"
 
 def test_plan_fresh_join_replays_newest() -> None:
     """A join without since replays the newest `replay` messages, complete."""
-    plan = plan_replay(None, None, EPOCH, first_id=1, last_id=80, replay=50)
+    plan = plan_replay(None, None, EPOCH, first_id=1, last_id=80, replay=50, recover=500)
     assert plan == ReplayPlan(after=0, newest=50, complete=True)
 
 
 def test_plan_fresh_join_ignores_client_epoch() -> None:
     """A join without since is fresh whatever epoch the client names."""
-    plan = plan_replay(None, "other", EPOCH, first_id=1, last_id=80, replay=50)
+    plan = plan_replay(None, "other", EPOCH, first_id=1, last_id=80, replay=50, recover=500)
     assert plan == ReplayPlan(after=0, newest=50, complete=True)
 
 
 def test_plan_since_within_stored_range() -> None:
     """since within the stored range replays everything after it, complete."""
-    plan = plan_replay(10, EPOCH, EPOCH, first_id=5, last_id=80, replay=50)
-    assert plan == ReplayPlan(after=10, newest=None, complete=True)
+    plan = plan_replay(10, EPOCH, EPOCH, first_id=5, last_id=80, replay=50, recover=500)
+    assert plan == ReplayPlan(after=10, newest=500, complete=True)
 
 
 def test_plan_since_just_before_first_stored() -> None:
     """since == first_id - 1 misses nothing: complete."""
-    plan = plan_replay(4, EPOCH, EPOCH, first_id=5, last_id=80, replay=50)
-    assert plan == ReplayPlan(after=4, newest=None, complete=True)
+    plan = plan_replay(4, EPOCH, EPOCH, first_id=5, last_id=80, replay=50, recover=500)
+    assert plan == ReplayPlan(after=4, newest=500, complete=True)
 
 
 def test_plan_since_older_than_retained() -> None:
     """since older than the oldest retained message is incomplete."""
-    plan = plan_replay(3, EPOCH, EPOCH, first_id=5, last_id=80, replay=50)
-    assert plan == ReplayPlan(after=3, newest=None, complete=False)
+    plan = plan_replay(3, EPOCH, EPOCH, first_id=5, last_id=80, replay=50, recover=500)
+    assert plan == ReplayPlan(after=3, newest=500, complete=False)
 
 
 def test_plan_since_zero_with_trimmed_history() -> None:
     """since 0 when message 1 has been trimmed is incomplete."""
-    plan = plan_replay(0, EPOCH, EPOCH, first_id=2, last_id=80, replay=50)
+    plan = plan_replay(0, EPOCH, EPOCH, first_id=2, last_id=80, replay=50, recover=500)
     assert plan.complete is False
     assert plan.after == 0
 
 
 def test_plan_since_zero_with_full_history() -> None:
     """since 0 with every message stored replays them all, complete."""
-    plan = plan_replay(0, EPOCH, EPOCH, first_id=1, last_id=80, replay=50)
-    assert plan == ReplayPlan(after=0, newest=None, complete=True)
+    plan = plan_replay(0, EPOCH, EPOCH, first_id=1, last_id=80, replay=50, recover=500)
+    assert plan == ReplayPlan(after=0, newest=500, complete=True)
+
+
+def test_plan_recovery_capped_by_recover() -> None:
+    """More than `recover` messages after since: the newest `recover`, incomplete."""
+    plan = plan_replay(10, EPOCH, EPOCH, first_id=1, last_id=80, replay=50, recover=70)
+    assert plan == ReplayPlan(after=10, newest=70, complete=True)
+    plan = plan_replay(9, EPOCH, EPOCH, first_id=1, last_id=80, replay=50, recover=70)
+    assert plan == ReplayPlan(after=9, newest=70, complete=False)
+    plan = plan_replay(3, EPOCH, EPOCH, first_id=5, last_id=80, replay=50, recover=0)
+    assert plan == ReplayPlan(after=3, newest=0, complete=False)
 
 
 def test_plan_epoch_mismatch_is_fresh_and_incomplete() -> None:
     """since with another epoch is a fresh join with complete false."""
-    plan = plan_replay(10, "old", EPOCH, first_id=1, last_id=80, replay=50)
+    plan = plan_replay(10, "old", EPOCH, first_id=1, last_id=80, replay=50, recover=500)
     assert plan == ReplayPlan(after=0, newest=50, complete=False)
 
 
 def test_plan_since_without_epoch_recovers() -> None:
     """since without an epoch is taken as the current epoch."""
-    plan = plan_replay(10, None, EPOCH, first_id=1, last_id=80, replay=50)
-    assert plan == ReplayPlan(after=10, newest=None, complete=True)
+    plan = plan_replay(10, None, EPOCH, first_id=1, last_id=80, replay=50, recover=500)
+    assert plan == ReplayPlan(after=10, newest=500, complete=True)
 
 
 def test_plan_since_beyond_last_id() -> None:
     """since > last_id cannot come from this history: fresh join, complete false."""
-    plan = plan_replay(81, EPOCH, EPOCH, first_id=1, last_id=80, replay=50)
+    plan = plan_replay(81, EPOCH, EPOCH, first_id=1, last_id=80, replay=50, recover=500)
     assert plan == ReplayPlan(after=0, newest=50, complete=False)
 
 
 def test_plan_since_equal_to_last_id() -> None:
     """since == last_id replays nothing, complete."""
-    plan = plan_replay(80, EPOCH, EPOCH, first_id=1, last_id=80, replay=50)
-    assert plan == ReplayPlan(after=80, newest=None, complete=True)
+    plan = plan_replay(80, EPOCH, EPOCH, first_id=1, last_id=80, replay=50, recover=500)
+    assert plan == ReplayPlan(after=80, newest=500, complete=True)
 
 
 def test_plan_since_equal_to_last_id_with_everything_trimmed() -> None:
     """since == last_id is complete even when nothing is stored any more."""
-    plan = plan_replay(80, EPOCH, EPOCH, first_id=81, last_id=80, replay=50)
-    assert plan == ReplayPlan(after=80, newest=None, complete=True)
+    plan = plan_replay(80, EPOCH, EPOCH, first_id=81, last_id=80, replay=50, recover=500)
+    assert plan == ReplayPlan(after=80, newest=500, complete=True)
 
 
 def test_plan_empty_room_since_zero() -> None:
     """since 0 in an empty room misses nothing."""
-    plan = plan_replay(0, EPOCH, EPOCH, first_id=1, last_id=0, replay=50)
-    assert plan == ReplayPlan(after=0, newest=None, complete=True)
+    plan = plan_replay(0, EPOCH, EPOCH, first_id=1, last_id=0, replay=50, recover=500)
+    assert plan == ReplayPlan(after=0, newest=500, complete=True)
 
 
 # --------------------------------------------------------------------------- MemoryHistory
@@ -224,7 +234,7 @@ async def test_memory_replay_fresh_join_newest() -> None:
     """A fresh join replays the newest `replay` messages in ascending order, complete."""
     store = MemoryHistory(retain=100)
     await fill(store, "lobby", 10)
-    replay = await store.replay("lobby", None, None, 3)
+    replay = await store.replay("lobby", None, None, 3, 500)
     assert ids(replay.messages) == [8, 9, 10]
     assert replay.complete is True
     assert replay.epoch == store.epoch
@@ -235,7 +245,7 @@ async def test_memory_replay_fresh_join_fewer_than_replay() -> None:
     """A fresh join in a small room replays all of it."""
     store = MemoryHistory(retain=100)
     await fill(store, "lobby", 2)
-    replay = await store.replay("lobby", None, None, 50)
+    replay = await store.replay("lobby", None, None, 50, 500)
     assert ids(replay.messages) == [1, 2]
     assert replay.complete is True
 
@@ -243,9 +253,9 @@ async def test_memory_replay_fresh_join_fewer_than_replay() -> None:
 async def test_memory_replay_unknown_room() -> None:
     """A room with no messages replays nothing, complete, last_id 0."""
     store = MemoryHistory(retain=100)
-    replay = await store.replay("empty", None, None, 50)
+    replay = await store.replay("empty", None, None, 50, 500)
     assert (replay.messages, replay.complete, replay.last_id) == ([], True, 0)
-    replay = await store.replay("empty", 0, store.epoch, 50)
+    replay = await store.replay("empty", 0, store.epoch, 50, 500)
     assert (replay.messages, replay.complete) == ([], True)
 
 
@@ -253,7 +263,7 @@ async def test_memory_replay_since_returns_all_after() -> None:
     """since replays every stored message after it, beyond the replay count."""
     store = MemoryHistory(retain=100)
     await fill(store, "lobby", 10)
-    replay = await store.replay("lobby", 2, store.epoch, 3)
+    replay = await store.replay("lobby", 2, store.epoch, 3, 500)
     assert ids(replay.messages) == [3, 4, 5, 6, 7, 8, 9, 10]
     assert replay.complete is True
 
@@ -262,7 +272,7 @@ async def test_memory_replay_since_last_id_is_empty() -> None:
     """since == last_id replays nothing, complete."""
     store = MemoryHistory(retain=100)
     await fill(store, "lobby", 4)
-    replay = await store.replay("lobby", 4, store.epoch, 50)
+    replay = await store.replay("lobby", 4, store.epoch, 50, 500)
     assert (replay.messages, replay.complete) == ([], True)
 
 
@@ -270,7 +280,7 @@ async def test_memory_replay_since_older_than_retained() -> None:
     """since older than what is retained replays what is stored, incomplete."""
     store = MemoryHistory(retain=3)
     await fill(store, "lobby", 10)
-    replay = await store.replay("lobby", 2, store.epoch, 50)
+    replay = await store.replay("lobby", 2, store.epoch, 50, 500)
     assert ids(replay.messages) == [8, 9, 10]
     assert replay.complete is False
 
@@ -279,7 +289,7 @@ async def test_memory_replay_since_at_retention_edge() -> None:
     """since == first retained id - 1 misses nothing."""
     store = MemoryHistory(retain=3)
     await fill(store, "lobby", 10)
-    replay = await store.replay("lobby", 7, store.epoch, 50)
+    replay = await store.replay("lobby", 7, store.epoch, 50, 500)
     assert ids(replay.messages) == [8, 9, 10]
     assert replay.complete is True
 
@@ -288,7 +298,7 @@ async def test_memory_replay_epoch_mismatch() -> None:
     """since with a foreign epoch is a fresh join with complete false."""
     store = MemoryHistory(retain=100)
     await fill(store, "lobby", 10)
-    replay = await store.replay("lobby", 2, "not-" + store.epoch, 3)
+    replay = await store.replay("lobby", 2, "not-" + store.epoch, 3, 500)
     assert ids(replay.messages) == [8, 9, 10]
     assert replay.complete is False
     assert replay.epoch == store.epoch
@@ -298,7 +308,7 @@ async def test_memory_replay_since_beyond_last_id() -> None:
     """since > last_id is a fresh join with complete false."""
     store = MemoryHistory(retain=100)
     await fill(store, "lobby", 5)
-    replay = await store.replay("lobby", 9, store.epoch, 2)
+    replay = await store.replay("lobby", 9, store.epoch, 2, 500)
     assert ids(replay.messages) == [4, 5]
     assert replay.complete is False
 
@@ -307,7 +317,7 @@ async def test_memory_replay_zero_count() -> None:
     """A replay count of 0 sends no messages on a fresh join."""
     store = MemoryHistory(retain=100)
     await fill(store, "lobby", 5)
-    replay = await store.replay("lobby", None, None, 0)
+    replay = await store.replay("lobby", None, None, 0, 500)
     assert (replay.messages, replay.complete) == ([], True)
 
 

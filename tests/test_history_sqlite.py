@@ -47,7 +47,7 @@ def ids(messages: list[Message]) -> list[int]:
 
 
 async def epoch_of(store: HistoryStore) -> str:
-    return (await within(store.replay("any", None, None, 0))).epoch
+    return (await within(store.replay("any", None, None, 0, 500))).epoch
 
 
 @pytest.fixture
@@ -266,7 +266,7 @@ async def test_reads_never_run_ahead_of_acks(new_store: NewStore, head_start: in
         events.append(("acked", message.id))
 
     async def join() -> None:
-        replay = await store.replay("lobby", None, None, 50)
+        replay = await store.replay("lobby", None, None, 50, 500)
         events.extend(("replayed", msg_id) for msg_id in ids(replay.messages))
         page = await store.page("lobby", None, 50)
         events.extend(("paged", msg_id) for msg_id in ids(page.messages))
@@ -313,10 +313,33 @@ async def test_replay(
     store = await new_store(retain=retain)
     await fill(store, "lobby", count)
     epoch = await epoch_of(store)
-    got = await within(store.replay("lobby", since, epoch if epoch_ok else "x" + epoch, replay))
+    client_epoch = epoch if epoch_ok else "x" + epoch
+    got = await within(store.replay("lobby", since, client_epoch, replay, 500))
     assert (ids(got.messages), got.complete, got.last_id, got.epoch) == (
         want, complete, count, epoch
     )
+
+
+@pytest.mark.parametrize(
+    ("since", "recover", "want", "complete"),
+    [
+        (0, 3, [8, 9, 10], False),  # 10 after since, only the newest 3
+        (6, 3, [8, 9, 10], False),
+        (7, 3, [8, 9, 10], True),  # exactly the cap: nothing left out
+        (9, 3, [10], True),
+        (10, 3, [], True),
+        (5, 0, [], False),
+    ],
+)
+async def test_replay_recovery_is_capped(
+    new_store: NewStore, since: int, recover: int, want: list[int], complete: bool
+) -> None:
+    """A join with since gets at most the newest `recover` after it; complete says if all."""
+    store = await new_store()
+    await fill(store, "lobby", 10)
+    epoch = await epoch_of(store)
+    got = await within(store.replay("lobby", since, epoch, 50, recover))
+    assert (ids(got.messages), got.complete, got.last_id) == (want, complete, 10)
 
 
 async def test_replay_unknown_room(new_store: NewStore) -> None:
@@ -324,7 +347,7 @@ async def test_replay_unknown_room(new_store: NewStore) -> None:
     store = await new_store()
     epoch = await epoch_of(store)
     for since in (None, 0):
-        got = await within(store.replay("empty", since, epoch, 50))
+        got = await within(store.replay("empty", since, epoch, 50, 500))
         assert (got.messages, got.complete, got.last_id) == ([], True, 0)
 
 
@@ -375,6 +398,18 @@ async def test_rooms_lists_last_ids(new_store: NewStore) -> None:
     await fill(store, "a", 3)
     await fill(store, "b", 1)
     assert await within(store.rooms()) == {"a": 3, "b": 1}
+
+
+async def test_rooms_pages_by_name(new_store: NewStore) -> None:
+    """rooms(after, limit) holds at most `limit` rooms whose names sort after `after`."""
+    store = await new_store()
+    for room in ("d", "b", "a-1", "c", "a"):
+        await fill(store, room, 1)
+    assert list(await within(store.rooms())) == ["a", "a-1", "b", "c", "d"]
+    assert await within(store.rooms(None, 2)) == {"a": 1, "a-1": 1}
+    assert list(await within(store.rooms("a-1", 2))) == ["b", "c"]
+    assert list(await within(store.rooms("bz", 10))) == ["c", "d"]
+    assert await within(store.rooms("d", 10)) == {}
 
 
 async def test_check_ok(new_store: NewStore) -> None:
@@ -435,7 +470,7 @@ async def test_recovery_across_reopen_is_complete(sqlite_store: OpenSqlite) -> N
     store = await reopen(store)
     try:
         await fill(store, "lobby", 2)
-        got = await within(store.replay("lobby", 2, epoch, 50))
+        got = await within(store.replay("lobby", 2, epoch, 50, 500))
         assert (ids(got.messages), got.complete, got.last_id) == ([3, 4, 5], True, 5)
     finally:
         await within(store.close())
@@ -469,7 +504,7 @@ async def test_ids_continue_when_retention_left_nothing(sqlite_store: OpenSqlite
     store = SqliteHistory(store.path, 100)
     await within(store.open())
     try:
-        replay = await within(store.replay("lobby", 1, store.epoch, 50))
+        replay = await within(store.replay("lobby", 1, store.epoch, 50, 500))
         assert (replay.messages, replay.complete, replay.last_id) == ([], False, 3)
         assert (await append(store, "lobby", "next"))[0].id == 4
     finally:

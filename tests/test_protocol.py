@@ -571,6 +571,41 @@ def test_pong_frame_echoes_t() -> None:
     assert out == {"type": "pong", "t": {"n": [1, "x"]}, "ts": 1_700_000_000_123}
 
 
+def test_pong_frame_never_raises() -> None:
+    """A `t` orjson cannot encode (nested 300 deep) gets a pong with t null, not an error."""
+    deep: list[Any] = []
+    for _ in range(300):
+        deep = [deep]
+    assert json.loads(pong_frame(deep, 5)) == {"type": "pong", "t": None, "ts": 5}
+
+
+def nested(depth: int, kind: str = "ping") -> str:
+    """A frame of `kind` whose own object plus `t` nest `depth` levels in all."""
+    inner = "[" * (depth - 1) + "]" * (depth - 1)
+    return f'{{"type": "{kind}", "room": "lobby", "text": "x", "t": {inner or "1"}}}'
+
+
+@pytest.mark.parametrize("kind", ["ping", "say", "hello", "nope"])
+def test_parse_depth_limit(kind: str) -> None:
+    """Nesting deeper than 32 levels (the frame itself is level 1) is bad_json, any type."""
+    if kind != "nope":
+        assert not isinstance(parse(nested(protocol.MAX_DEPTH, kind)), Invalid)
+    for depth in (protocol.MAX_DEPTH + 1, 255):
+        error = invalid(nested(depth, kind))
+        assert (error.code, error.ref) == ("bad_json", None)
+    mixed = '{"type": "ping", "t": ' + '{"a": [' * 16 + "]}" * 16 + "}"  # 33 levels
+    assert invalid(mixed).code == "bad_json"
+    assert invalid("[" * 40 + "]" * 40).code == "bad_json"
+
+
+def test_parse_brackets_in_strings_are_not_depth() -> None:
+    """Brackets inside strings do not count as nesting."""
+    text = frame(type="say", room="lobby", text="[{" * 500)
+    assert parse(text) == Say("lobby", "[{" * 500, None)
+    wide = '{"type": "ping", "t": [' + ", ".join(["[[1]]"] * 50) + "]}"
+    assert isinstance(parse(wide), Ping)
+
+
 def test_pong_frame_null_t() -> None:
     """A pong for a ping without `t` has t null."""
     assert json.loads(pong_frame(None, 5)) == {"type": "pong", "t": None, "ts": 5}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -24,6 +25,7 @@ SEND_BUFFER: Final = 50_000
 TEXT: Final = "\U0001f600" * 2000
 BATCH: Final = 4  # says in flight at once: their replies stay well under SEND_BUFFER
 FLOOD_DEADLINE: Final = 15.0
+BACKLOG: Final = 20  # messages of TEXT: a recovery of them is over three send_buffers
 
 
 @pytest.fixture
@@ -167,3 +169,58 @@ async def test_prompt_reader_sending_a_burst_is_not_slow(client: Client) -> None
                                    ensure_ascii=False))
     await asyncio.wait_for(reading, DEADLINE)
     assert acks == list(range(1, 21))
+
+
+async def test_recovery_larger_than_send_buffer_during_live_traffic(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A joined bigger than send_buffer, and the live frames held meanwhile, never cause 4001."""
+    config = make_config({
+        "history": {"backend": "sqlite", "path": str(tmp_path / "chat.db"), "recover": 100},
+        "limits": {"send_buffer": SEND_BUFFER},
+        "heartbeat": {"interval": 10, "timeout": 30},
+    })
+    client: Client = await aiohttp_client(create_app(config))
+    talker = Peer(await client.ws_connect("/ws"))
+    await talker.hello("talker")
+    joined = await talker.join("busy")
+    for _ in range(BACKLOG):
+        await talker.send(say(TEXT).replace('"flood"', '"busy"'))
+    await talker.expect("message", id=BACKLOG)
+    stop = asyncio.Event()
+
+    churner = Peer(await client.ws_connect("/ws"))
+    await churner.hello("churner")
+
+    async def talk() -> None:
+        """Live traffic: small says, one in flight at a time, until told to stop."""
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await talker.say("busy", f"live {n}")
+
+    async def churn() -> None:
+        """More live traffic: presence events, which carry no id and are always released."""
+        while not stop.is_set():
+            await churner.join("busy")
+            await churner.send({"type": "leave", "room": "busy"})
+            await churner.expect("left")
+
+    talking = asyncio.gather(talk(), churn())
+    try:
+        for attempt in range(20):
+            peer = Peer(await client.ws_connect("/ws"))
+            await peer.hello(f"reader{attempt}")
+            await peer.send({"type": "join", "room": "busy", "since": 0,
+                             "epoch": joined["epoch"]})
+            frame = await peer.expect_any(("joined", "error"))
+            assert frame["type"] == "joined", frame
+            assert len(json.dumps(frame)) > SEND_BUFFER
+            await peer.send({"type": "ping", "t": attempt})
+            await peer.expect("pong", t=attempt)  # still open: not dropped with 4001
+            await peer.ws.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(talking, DEADLINE)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'code="4001"' not in metrics

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -293,3 +296,29 @@ async def test_error_answers_carry_hardening_headers(client: Any) -> None:
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Referrer-Policy"] == "same-origin"
         assert "Traceback" not in await response.text()
+
+
+async def test_client_gone_during_upgrade_is_not_logged_as_error(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that resets its socket mid-upgrade is logged at INFO at most, no traceback."""
+    caplog.set_level(logging.DEBUG)
+    client = await app_client(aiohttp_client)
+    hub = client.app[HUB]
+    request = (
+        f"GET /ws HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    for _ in range(20):
+        _, writer = await asyncio.open_connection(client.host, client.port)
+        # Linger 0: closing sends a reset, as a client that gives up does.
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.write(request)
+        writer.transport.abort()
+    await accepted(client)
+    await until(lambda: len(hub.connections) == 1)
+    loud = [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
+    assert not loud, [(r.name, r.getMessage()) for r in loud]

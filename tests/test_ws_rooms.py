@@ -271,6 +271,20 @@ async def test_history_needs_join(connect: Connect) -> None:
         await alice.next_is("error", code="not_joined", ref=kind)
 
 
+async def test_leave_of_a_room_not_joined_is_answered_left(connect: Connect) -> None:
+    """leave works for any room: a room the session is not in is answered left too."""
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await bob.join("lobby")
+    await alice.send({"type": "leave", "room": "lobby"})
+    await alice.next_is("left", room="lobby")
+    await alice.send({"type": "leave", "room": "nowhere"})
+    await alice.next_is("left", room="nowhere")
+    await alice.join("lobby")
+    # No presence leave for a session that was not a member: the join comes first.
+    await bob.next_is("presence", event="join", nick="alice")
+
+
 async def test_api_rooms(connect: Connect, client: Any) -> None:
     """/api/rooms lists rooms with members or stored messages, with last_id."""
     alice = await connect("alice")
@@ -286,6 +300,37 @@ async def test_api_rooms(connect: Connect, client: Any) -> None:
         {"room": "empty", "members": 1, "last_id": 0},
         {"room": "lobby", "members": 1, "last_id": 0},
     ]
+
+
+async def test_api_rooms_pages(connect: Connect, client: Any) -> None:
+    """/api/rooms?after=&limit= pages through rooms in name order, live and stored alike."""
+    alice = await connect("alice")
+    for room in ("e", "a", "d"):  # live rooms, with members and nothing stored
+        await alice.join(room)
+    for room in ("b", "c"):  # stored rooms, nobody in them
+        await alice.join(room)
+        await alice.say(room, "x")
+        await alice.send({"type": "leave", "room": room})
+        await alice.expect("left")
+    pages, after = [], ""
+    while True:
+        page = await (await client.get("/api/rooms", params={"after": after, "limit": 2})).json()
+        if not page:
+            break
+        pages.append([entry["room"] for entry in page])
+        after = page[-1]["room"]
+    assert pages == [["a", "b"], ["c", "d"], ["e"]]
+    one = await (await client.get("/api/rooms", params={"after": "b", "limit": 1})).json()
+    assert one == [{"room": "c", "members": 0, "last_id": 1}]
+    assert len(await (await client.get("/api/rooms")).json()) == 5
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "x", "", "1.5", " 5", "+5", "9" * 5000])
+async def test_api_rooms_bad_limit_is_400(client: Any, limit: str) -> None:
+    """A limit outside 1..1000, or not a plain integer, is 400 with a JSON error."""
+    response = await client.get("/api/rooms", params={"limit": limit})
+    assert response.status == 400
+    assert "limit" in (await response.json())["error"]
 
 
 async def test_message_committed_after_sender_left_still_broadcast(aiohttp_client: Any) -> None:

@@ -42,14 +42,33 @@ async def test_sessions_differ(connect: Connect) -> None:
     assert (await one.hello("a"))["session"] != (await two.hello("b"))["session"]
 
 
-@pytest.mark.parametrize("kind", ["join", "leave", "say", "typing", "history", "nope"])
+@pytest.mark.parametrize("kind", ["join", "leave", "say", "typing", "history", "nope", "HELLO"])
 async def test_requests_before_hello_are_refused(connect: Connect, kind: str) -> None:
-    """Before hello every type but hello and ping gets hello_required (unknown_type aside)."""
+    """Before hello every type but hello and ping gets hello_required, unknown ones too."""
     peer = await connect()
     await peer.send({"type": kind, "room": "lobby", "text": "x"})
     error = await peer.next_is("error")
-    assert error["code"] == ("unknown_type" if kind == "nope" else "hello_required")
-    assert error["ref"] == kind
+    assert (error["code"], error["ref"]) == ("hello_required", kind)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "ref"),
+    [
+        ({"type": "join"}, "hello_required", "join"),  # ill-formed, but not hello or ping
+        ({"type": "nope", "cid": "k1"}, "hello_required", "k1"),
+        ({"type": "hello", "nick": 5}, "bad_request", "hello"),
+        ({"type": 5}, "bad_request", None),
+        ("not json", "bad_json", None),
+    ],
+)
+async def test_ill_formed_frames_before_hello(
+    connect: Connect, frame: dict[str, Any] | str, code: str, ref: str | None
+) -> None:
+    """Before hello a frame with a type other than hello or ping is hello_required."""
+    peer = await connect()
+    await peer.send(frame)
+    await peer.next_is("error", code=code, ref=ref)
+    await peer.hello("alice")
 
 
 async def test_ping_and_legacy_heartbeat_before_hello(connect: Connect) -> None:

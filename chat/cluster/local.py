@@ -117,15 +117,15 @@ class LocalCluster:
         pass
 
     async def rooms(self, after: str | None, limit: int) -> list[dict[str, Any]]:
-        stored = await self.store.rooms()
-        names = sorted(set(stored) | set(self.members))
-        if after is not None:
-            names = [name for name in names if name > after]
+        stored = await self.store.rooms(after, limit)
+        live = [name for name in self.members if after is None or name > after]
+        # The first `limit` of the union are among the first `limit` of each part.
+        names = sorted(set(stored).union(live))[:limit]
         return [
             {
                 "room": name,
                 "members": len(self.members.get(name, ())),
                 "last_id": stored.get(name, 0),
             }
-            for name in names[:limit]
+            for name in names
         ]

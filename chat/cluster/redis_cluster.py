@@ -38,6 +38,7 @@ from chat.metrics import Metrics
 logger = logging.getLogger("chat.redis")
 
 BACKFILL_BATCH: Final = 500  # stream entries read per round trip when filling a gap
+END_BATCH: Final = 200  # sessions ended per round trip
 RECONNECT_MIN: Final = 0.05  # s: first wait before re-subscribing after a broken link
 RECONNECT_MAX: Final = 1.0  # s: the back-off's cap, well inside the contract's 5 s
 
@@ -78,6 +79,7 @@ class RedisCluster:
         self._listening = asyncio.Event()  # set while the subscription is up
         self._registered = False
         self._ends: dict[str, tuple[str, str]] = {}  # session -> (conn, reason) to end
+        self._flusher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._syncs: set[asyncio.Future[Any]] = set()
         self._probe_sent: float | None = None
@@ -113,12 +115,17 @@ class RedisCluster:
         ]
 
     async def stop(self) -> None:
+        flusher = self._flusher
+        if flusher is not None:
+            # Let a flush in progress finish: its sessions are ended exactly once.
+            with contextlib.suppress(TimeoutError, BackendUnavailable):
+                await asyncio.wait_for(asyncio.shield(flusher), self.link.timeout * 2)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._syncs, return_exceptions=True)
         # The connections are closed by now: end their sessions while Redis answers,
         # then give up the lease so that the others need not wait for it to run out.
-        with contextlib.suppress(BackendUnavailable):
+        with contextlib.suppress(TimeoutError, BackendUnavailable):
             await asyncio.wait_for(self._flush_ends(), self.link.timeout * 2)
         if self._registered and not self._ends:
             with contextlib.suppress(BackendUnavailable, TimeoutError):
@@ -168,18 +175,29 @@ class RedisCluster:
 
     def end_session(self, session: str, conn: str, reason: str) -> None:
         self._ends[session] = (conn, reason)
-        self._spawn(self._flush_ends())
+        self._kick_ends()
+
+    def _kick_ends(self) -> None:
+        if self._ends and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.create_task(self._flush_ends(), name="redis-end-sessions")
+            self._flusher.add_done_callback(self._done)
 
     async def _flush_ends(self) -> None:
+        """End the pending sessions, a pipeline of scripts at a time (many die at once
+        when a network drops: one round trip per session would trail far behind)."""
         while self._ends:
-            session, (conn, reason) = next(iter(self._ends.items()))
-            await self.link.script(
-                self.link.end,
-                [self.keys.session(session)],
-                [session, self.node_id, conn, reason, self.keys.prefix],
-            )
-            if self._ends.get(session) == (conn, reason):
-                del self._ends[session]
+            batch = list(self._ends.items())[:END_BATCH]
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                for session, (conn, reason) in batch:
+                    await self.link.end(
+                        keys=[self.keys.session(session)],
+                        args=[session, self.node_id, conn, reason, self.keys.prefix],
+                        client=pipe,
+                    )
+                await self.link.run(pipe.execute())
+            for session, pending in batch:
+                if self._ends.get(session) == pending:
+                    del self._ends[session]
 
     async def enter(self, session: str, room: str, nick: str, max_rooms: int) -> Entered | str:
         keys = self.keys
@@ -525,7 +543,7 @@ class RedisCluster:
                     await self.link.ping()
                     if self.link.reached():
                         await self._renew()
-                await self._flush_ends()
+                self._kick_ends()
                 self._probe()
                 await self._check_positions()
                 if now - last_reap >= self.config.cleanup.interval:

@@ -77,7 +77,7 @@ class Page:
 @dataclass(frozen=True, slots=True)
 class ReplayPlan:
     after: int  # replay messages with id > after ...
-    newest: int | None  # ... keeping only the newest this many (None: all of them)
+    newest: int  # ... keeping only the newest this many
     complete: bool
 
 
@@ -88,18 +88,23 @@ def plan_replay(
     first_id: int,
     last_id: int,
     replay: int,
+    recover: int,
 ) -> ReplayPlan:
     """Decide what a join replays.
 
     `first_id` is the oldest id still stored (last_id + 1 when none is), `last_id` the
-    newest id ever assigned in this epoch (0 when none).
+    newest id ever assigned in this epoch (0 when none). A fresh join gets the newest
+    `replay` messages, a recovery at most the newest `recover` of those after `since`.
     """
     recovering = since is not None and (client_epoch is None or client_epoch == epoch)
     if not recovering or since is None or since > last_id:
         # A fresh join, or a recovery point from another history: newest `replay`.
         return ReplayPlan(after=0, newest=replay, complete=since is None)
-    # Messages since+1 .. first_id-1 were trimmed by retention.
-    return ReplayPlan(after=since, newest=None, complete=since + 1 >= first_id)
+    # Incomplete when messages since+1 .. first_id-1 were trimmed by retention, or when
+    # more than `recover` came after `since` (the cap keeps one join's reply bounded:
+    # the client pages back with `history`).
+    complete = since + 1 >= first_id and last_id - since <= recover
+    return ReplayPlan(after=since, newest=recover, complete=complete)
 
 
 # Called with (message, created) the moment an append is durable; see HistoryStore.append.
@@ -156,10 +161,14 @@ class HistoryStore(Protocol):
     async def find(self, room: str, key: str, cid: str) -> Message | None: ...
 
     async def replay(
-        self, room: str, since: int | None, client_epoch: str | None, replay: int
-    ) -> Replay: ...
+        self, room: str, since: int | None, client_epoch: str | None, replay: int, recover: int
+    ) -> Replay:
+        """What a `joined` carries: `replay` newest, or at most `recover` after `since`."""
 
     async def page(self, room: str, before: int | None, limit: int) -> Page: ...
 
-    async def rooms(self) -> dict[str, int]:
-        """Every room with stored messages, with its newest id."""
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> dict[str, int]:
+        """Rooms with stored messages and their newest ids, in name order.
+
+        Only names that sort after `after` (when given), and at most `limit` of them.
+        """

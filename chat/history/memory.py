@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -80,13 +81,14 @@ class MemoryHistory:
         return None if state is None else state.by_cid.get((key, cid))
 
     async def replay(
-        self, room: str, since: int | None, client_epoch: str | None, replay: int
+        self, room: str, since: int | None, client_epoch: str | None, replay: int, recover: int
     ) -> Replay:
         state = self._rooms.get(room) or _Room()
-        plan = plan_replay(since, client_epoch, self.epoch, state.first_id, state.last_id, replay)
+        plan = plan_replay(
+            since, client_epoch, self.epoch, state.first_id, state.last_id, replay, recover
+        )
         start = state.at(plan.after + 1)
-        if plan.newest is not None:
-            start = max(start, len(state.messages) - plan.newest)
+        start = max(start, len(state.messages) - plan.newest)
         messages = list(islice(state.messages, start, None))
         return Replay(self.epoch, messages, plan.complete, state.last_id)
 
@@ -98,6 +100,11 @@ class MemoryHistory:
         start = max(0, end - limit)
         return Page(list(islice(state.messages, start, end)), start > 0)
 
-    async def rooms(self) -> dict[str, int]:
-        return {name: state.last_id for name, state in self._rooms.items() if state.last_id}
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> dict[str, int]:
+        names = (
+            name for name, state in self._rooms.items()
+            if state.last_id and (after is None or name > after)
+        )
+        chosen = sorted(names) if limit is None else heapq.nsmallest(limit, names)
+        return {name: self._rooms[name].last_id for name in chosen}
 

@@ -120,16 +120,13 @@ class RedisHistory:
         return [(int(entry_id.split(b"-", 1)[0]), fields[b"f"]) for entry_id, fields in entries]
 
     async def replay(
-        self, room: str, since: int | None, client_epoch: str | None, replay: int
+        self, room: str, since: int | None, client_epoch: str | None, replay: int, recover: int
     ) -> Replay:
         epoch, last, first = await self.position(room)
-        plan = plan_replay(since, client_epoch, epoch, first, last, replay)
+        plan = plan_replay(since, client_epoch, epoch, first, last, replay, recover)
         client = self.link.client
         log = self.keys.log(room)
-        if plan.newest is None:
-            entries = await self.link.run(client.xrange(log, f"{plan.after + 1}-0", "+"))
-            messages = _entries(entries)
-        elif plan.newest == 0:
+        if plan.newest == 0:
             messages = []
         else:
             entries = await self.link.run(
@@ -150,12 +147,16 @@ class RedisHistory:
         messages = _entries(entries[:limit])[::-1]
         return Page(messages, len(entries) > limit)
 
-    async def rooms(self) -> dict[str, int]:
-        """Every room with stored messages, with its newest id (used by tests and tools)."""
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> dict[str, int]:
+        """Rooms with stored messages and their newest ids, in name order, after `after`."""
         client = self.link.client
-        names = [
-            name.decode() for name in await self.link.run(client.zrange(self.keys.rooms, 0, -1))
-        ]
+        start = f"({after}" if after is not None else "-"
+        found = await self.link.run(
+            client.zrangebylex(self.keys.rooms, start, "+", start=0, num=limit or -1)
+            if limit is not None
+            else client.zrangebylex(self.keys.rooms, start, "+")
+        )
+        names = [name.decode() for name in found]
         lasts = await self.lasts(names)
         return {name: last for name, last in zip(names, lasts, strict=True) if last}
 

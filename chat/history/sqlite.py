@@ -247,6 +247,14 @@ class _Database:
     def check(self) -> None:
         self.conn.execute("SELECT 1").fetchone()
 
+    def probe(self) -> None:
+        """A tiny write, committed: whether the file takes commits again."""
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('probe', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(time.time()),),
+        )
+
     def round(
         self, batch: Sequence[_Append], reads: Sequence[Callable[[], Any]]
     ) -> tuple[list[tuple[Message, bool]] | Exception, float, list[Any]]:
@@ -383,25 +391,21 @@ class _Database:
     def find(self, room: str, key: str, cid: str) -> Message | None:
         return self._find(room, key, cid)
 
-    def replay(self, room: str, since: int | None, client_epoch: str | None, count: int) -> Replay:
+    def replay(
+        self, room: str, since: int | None, client_epoch: str | None, count: int, recover: int
+    ) -> Replay:
         conn = self.conn
         row = conn.execute("SELECT last_id FROM rooms WHERE room = ?", (room,)).fetchone()
         last_id = 0 if row is None else int(row[0])
         (first,) = conn.execute("SELECT MIN(id) FROM messages WHERE room = ?", (room,)).fetchone()
         first_id = last_id + 1 if first is None else int(first)
-        plan = plan_replay(since, client_epoch, self.epoch, first_id, last_id, count)
-        if plan.newest is None:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id > ? ORDER BY id",
-                (room, plan.after),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id > ?"
-                " ORDER BY id DESC LIMIT ?",
-                (room, plan.after, plan.newest),
-            ).fetchall()
-            rows.reverse()
+        plan = plan_replay(since, client_epoch, self.epoch, first_id, last_id, count, recover)
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id > ?"
+            " ORDER BY id DESC LIMIT ?",
+            (room, plan.after, plan.newest),
+        ).fetchall()
+        rows.reverse()
         return Replay(self.epoch, [_message(r) for r in rows], plan.complete, last_id)
 
     def page(self, room: str, before: int | None, limit: int) -> Page:
@@ -417,8 +421,14 @@ class _Database:
         kept.reverse()
         return Page([_message(r) for r in kept], more)
 
-    def rooms(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT room, last_id FROM rooms WHERE last_id > 0").fetchall()
+    def rooms(self, after: str | None, limit: int | None) -> dict[str, int]:
+        # A range of the primary key: a page costs the same however many rooms exist.
+        # Both sides compare names by code point (SQLite's BINARY collation of UTF-8).
+        rows = self.conn.execute(
+            "SELECT room, last_id FROM rooms WHERE room > ? AND last_id > 0 ORDER BY room"
+            " LIMIT ?",
+            ("" if after is None else after, -1 if limit is None else limit),
+        ).fetchall()
         return {str(room): int(last_id) for room, last_id in rows}
 
 
@@ -446,6 +456,8 @@ class SqliteHistory:
         self.retain = retain
         self.epoch = ""  # known once open
         self.commits = 0  # batches committed (for tests and the benchmark)
+        # Why the last commit failed, until one succeeds again: readiness reports it.
+        self._write_error: str | None = None
         # Told (messages, seconds) of every commit, on the loop: the app's metrics.
         self._on_commit = on_commit
         self._db = _Database(path, retain)
@@ -505,14 +517,22 @@ class SqliteHistory:
             return "stopped"
         if self._closing:
             return "closing"
+        # Reading works on a full disk or a read-only file; only a write tells whether
+        # commits work again, so after a failed commit the check probes with one.
+        failed = self._write_error
         try:
-            await asyncio.wait_for(self._read(self._db.check), CHECK_TIMEOUT)
+            await asyncio.wait_for(
+                self._read(self._db.check if failed is None else self._db.probe), CHECK_TIMEOUT
+            )
         except TimeoutError:
             return f"no answer within {CHECK_TIMEOUT:g} s"
         except sqlite3.Error as err:
-            return str(err) or type(err).__name__
+            reason = str(err) or type(err).__name__
+            return reason if failed is None else f"cannot commit: {reason}"
         except RuntimeError:  # closed or stopped meanwhile
             return "stopped"
+        if failed is not None and self._write_error == failed:
+            self._write_error = None  # the probe committed: so will the next batch
         return "ok"
 
     def _queue(self, append: _QueuedAppend | None, read: _QueuedRead | None) -> None:
@@ -554,15 +574,15 @@ class SqliteHistory:
         return await self._read(self._db.find, room, key, cid)
 
     async def replay(
-        self, room: str, since: int | None, client_epoch: str | None, replay: int
+        self, room: str, since: int | None, client_epoch: str | None, replay: int, recover: int
     ) -> Replay:
-        return await self._read(self._db.replay, room, since, client_epoch, replay)
+        return await self._read(self._db.replay, room, since, client_epoch, replay, recover)
 
     async def page(self, room: str, before: int | None, limit: int) -> Page:
         return await self._read(self._db.page, room, before, limit)
 
-    async def rooms(self) -> dict[str, int]:
-        return await self._read(self._db.rooms)
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> dict[str, int]:
+        return await self._read(self._db.rooms, after, limit)
 
     # ----------------------------------------------------------------- the database thread
 
@@ -643,8 +663,10 @@ class SqliteHistory:
             # Nothing of the batch is stored; every sender hears of it (the hub closes
             # those connections with 1011 and their clients re-send by cid).
             logger.error("storing %d message(s) in %s failed: %s", len(appends), self.path, written)
+            self._write_error = str(written) or type(written).__name__
             _fail(appends, written)
         elif appends:
+            self._write_error = None
             self.commits += 1
             if self._on_commit is not None:
                 self._on_commit(len(appends), took)
