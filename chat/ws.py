@@ -258,7 +258,8 @@ def _log_end(hub: Hub, conn: Connection, ws: web.WebSocketResponse) -> None:
     logger.info(
         "connection end: nick=%s remote=%s code=%s reason=%s duration=%.1fs",
         conn.nick or "-", conn.remote, label, reason, duration,
-        # Fields of their own in JSON logs.
-        extra={"nick": conn.nick, "remote": conn.remote, "code": label, "reason": reason,
+        # Fields of their own in JSON logs (the code a number where it is one).
+        extra={"nick": conn.nick, "remote": conn.remote,
+               "code": int(label) if label.isdigit() else label, "reason": reason,
                "duration": round(duration, 3)},
     )

@@ -466,3 +466,30 @@ async def test_redis_restart_with_weak_persistence_starts_a_new_epoch(
         again, _ = await hello_until_welcome(node, "bob")
         rejoined = await again.join("lobby", since=1, epoch=joined["epoch"])
         assert rejoined["epoch"] != joined["epoch"]
+
+
+async def test_redis_outage_longer_than_node_timeout_reaps_nobody(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """Every lease expires during a long Redis outage; once back, no node is reaped."""
+    a, b = await make_node(), await make_node()
+    alice, bob = await peer(a, "alice"), await peer(b, "bob")
+    await alice.join("lobby")
+    await bob.join("lobby")
+    await alice.expect("presence", event="join")
+    redis_server.kill()
+    # The outage outlasts every lease (node_timeout 1.5 s); the TTLs are absolute in
+    # the append-only file, so the leases are gone when Redis comes back.
+    await alice.quiet(2.5)
+    redis_server.start()
+    for node in (a, b):
+        async with asyncio.timeout(5):
+            while (await node.get("/readyz")).status != 200:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    # Give the reapers more than node_timeout + cleanup.interval: nobody leaves.
+    assert [f for f in await alice.quiet(2.5) if f["type"] == "presence"] == []
+    assert [f for f in await bob.quiet(0.1) if f["type"] == "presence"] == []
+    await alice.say("lobby", "still together")
+    assert (await bob.expect("message"))["text"] == "still together"
+    rooms = await (await a.get("/api/rooms")).json()
+    assert rooms[0]["members"] == 2

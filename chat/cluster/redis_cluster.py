@@ -257,17 +257,21 @@ class RedisCluster:
     # ------------------------------------------------------------ feeds
 
     async def watch(self, room: str) -> None:
-        feed = self.feeds.get(room)
-        if feed is None:
-            channel = self.keys.room(room).encode()
-            feed = _Feed(room, channel)
-            feed.ready = asyncio.get_running_loop().create_future()
-            self.feeds[room] = feed
-            self._channels[channel] = feed
-            self._spawn(self._open(feed))
-        feed.idle = False
-        assert feed.ready is not None
-        await asyncio.shield(feed.ready)
+        for _ in range(3):  # a feed dropped while it opened (a fence) is opened again
+            feed = self.feeds.get(room)
+            if feed is None:
+                channel = self.keys.room(room).encode()
+                feed = _Feed(room, channel)
+                feed.ready = asyncio.get_running_loop().create_future()
+                self.feeds[room] = feed
+                self._channels[channel] = feed
+                self._spawn(self._open(feed))
+            feed.idle = False
+            assert feed.ready is not None
+            await asyncio.shield(feed.ready)
+            if self.feeds.get(room) is feed:
+                return
+        raise BackendUnavailable("the server is recovering its link to the database; retry")
 
     def unwatch(self, room: str) -> None:
         feed = self.feeds.get(room)
@@ -427,8 +431,9 @@ class RedisCluster:
                     self._listening.set()
                     wait = RECONNECT_MIN
                     # Whatever was published while no subscription listened is in the
-                    # streams: the position check finds it.
-                    await self._check_positions()
+                    # streams: the position check finds it (or the next one does).
+                    with contextlib.suppress(BackendUnavailable):
+                        await self._check_positions()
                     await reader
                 finally:
                     reader.cancel()
@@ -509,6 +514,12 @@ class RedisCluster:
         )
         self._ends.clear()
         self.node.lost("this server lost its sessions; reconnect")
+        # No receiver is left, and the rooms' positions may belong to a history that is
+        # gone: follow every room afresh when it is joined again.
+        for feed in list(self.feeds.values()):
+            self._drop_feed(feed)
+            if self._pubsub is not None and self._listening.is_set():
+                self._spawn(self._unsubscribe(self._pubsub, feed.channel))
         await self._register()
 
     async def _lease_loop(self) -> None:
