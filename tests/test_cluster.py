@@ -62,6 +62,27 @@ async def peer(node: Node, nick: str | None = None, **extra: Any) -> Peer:
     return result
 
 
+async def say_seen(
+    who: Peer, room: str, text: str, cid: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Say, and read until both the ack and the sender's own copy arrived.
+
+    With Redis the sender's `message` may come before its `ack` (the feed and the
+    script's reply travel on different connections), so neither may be skipped.
+    """
+    await who.send({"type": "say", "room": room, "text": text, "cid": cid})
+    ack: dict[str, Any] | None = None
+    message: dict[str, Any] | None = None
+    async with asyncio.timeout(DEADLINE):
+        while ack is None or message is None:
+            frame = await who.recv()
+            if frame["type"] == "ack" and frame["cid"] == cid:
+                ack = frame
+            elif frame["type"] == "message" and frame["cid"] == cid:
+                message = frame
+    return ack, message
+
+
 async def until(predicate: Callable[[], Any], timeout: float = DEADLINE) -> None:
     """Poll a condition of the server's state (it has no event to wait on), bounded."""
     async with asyncio.timeout(timeout):
@@ -77,10 +98,9 @@ async def test_message_said_on_one_node_reaches_the_other(make_node: MakeNode) -
     joined = await bob.join("lobby")
     assert joined["members"] == ["alice", "bob"]
     await alice.expect("presence", event="join", nick="bob")
-    ack = await bob.say("lobby", "hello from b", cid="c1")
+    ack, own = await say_seen(bob, "lobby", "hello from b", "c1")
     assert (ack["id"], ack["cid"]) == (1, "c1")
-    for who in (alice, bob):
-        message = await who.expect("message", room="lobby")
+    for message in (own, await alice.expect("message", room="lobby")):
         assert (message["id"], message["nick"], message["text"]) == (1, "bob", "hello from b")
         assert message["ts"] == ack["ts"]
 
@@ -297,10 +317,10 @@ async def test_pubsub_killed_nodes_backfill_including_last_message(
     # Kill the subscriptions, then say at once: the message may be published while no
     # node listens. It is the last before the room falls silent.
     redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
-    await alice.say("quiet", "while nobody listened")
-    for who in (alice, bob):
-        message = await who.expect("message")
+    _, own = await say_seen(alice, "quiet", "while nobody listened", "last")
+    for message in (own, await bob.expect("message")):
         assert (message["id"], message["text"]) == (2, "while nobody listened")
+    for who in (alice, bob):
         assert await who.quiet(0.3) == []
 
 
@@ -336,6 +356,18 @@ async def hello_until_welcome(node: Node, nick: str, **extra: Any) -> tuple[Peer
                 return again, reply
             await again.ws.close()
             await asyncio.sleep(0.05)
+
+
+async def join_retrying(who: Peer, room: str, **extra: Any) -> dict[str, Any]:
+    """Join, retrying after `unavailable` as a client does while its node recovers."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            await who.send({"type": "join", "room": room, **extra})
+            reply = await who.expect_any(("joined", "error"))
+            if reply["type"] == "joined":
+                return reply
+            assert reply["code"] == "unavailable", reply
+            await asyncio.sleep(reply["retry_after"] / 10)
 
 
 async def test_redis_down_keeps_connections_and_answers_unavailable(
@@ -464,7 +496,7 @@ async def test_redis_restart_with_weak_persistence_starts_a_new_epoch(
         code = await alice.closed(timeout=5)
         assert code == 1011
         again, _ = await hello_until_welcome(node, "bob")
-        rejoined = await again.join("lobby", since=1, epoch=joined["epoch"])
+        rejoined = await join_retrying(again, "lobby", since=1, epoch=joined["epoch"])
         assert rejoined["epoch"] != joined["epoch"]
 
 
@@ -493,3 +525,54 @@ async def test_redis_outage_longer_than_node_timeout_reaps_nobody(
     assert (await bob.expect("message"))["text"] == "still together"
     rooms = await (await a.get("/api/rooms")).json()
     assert rooms[0]["members"] == 2
+
+
+async def test_says_survive_a_flushed_script_cache(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """Redis forgot the scripts (SCRIPT FLUSH, or a restart): says are still stored once."""
+    a = await make_node()
+    alice = await peer(a, "alice")
+    await alice.join("lobby")
+    await alice.say("lobby", "before", cid="b")
+    redis_server.command("SCRIPT", "FLUSH")
+    for n in range(3):
+        await alice.send({"type": "say", "room": "lobby", "text": f"after {n}", "cid": f"a{n}"})
+    acks = [await alice.expect("ack") for _ in range(3)]
+    assert sorted(ack["id"] for ack in acks) == [2, 3, 4]
+    assert redis_server.command("XLEN", "chat:{lobby}:log") == 4
+
+
+async def test_concurrent_says_share_a_round_trip(make_node: MakeNode) -> None:
+    """Says from many connections at once go to Redis in shared pipelines, in order."""
+    a = await make_node()
+    talkers = [await peer(a, f"t{n}") for n in range(20)]
+    for talker in talkers:
+        await talker.join("busy")
+    for talker in talkers:
+        await talker.send({"type": "say", "room": "busy", "text": "x", "cid": "1"})
+    ids = sorted([(await talker.expect("ack"))["id"] for talker in talkers])
+    assert ids == list(range(1, 21))
+    batches = a.app[METRICS].commit_messages.collect()[0].samples
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    assert count < 20  # fewer round trips than says
+
+
+async def test_recovery_cap_and_room_paging_hold_on_redis(make_node: MakeNode) -> None:
+    """history.recover caps a join with since, and /api/rooms pages, on the Redis backend."""
+    a = await make_node({"history": {"recover": 3}})
+    alice = await peer(a, "alice")
+    joined = await alice.join("r0")
+    for n in range(6):
+        await alice.say("r0", f"m{n}")
+    for name in ("r1", "r2", "r3"):
+        await alice.join(name)
+    late = await peer(a, "late")
+    recovered = await late.join("r0", since=1, epoch=joined["epoch"])
+    assert [m["id"] for m in recovered["messages"]] == [4, 5, 6]
+    assert recovered["complete"] is False
+    page = await (await a.get("/api/rooms?limit=2")).json()
+    assert [room["room"] for room in page] == ["r0", "r1"]
+    rest = await (await a.get("/api/rooms?limit=2&after=r1")).json()
+    assert [room["room"] for room in rest] == ["r2", "r3"]
+    assert (await a.get("/api/rooms?limit=0")).status == 400

@@ -120,9 +120,10 @@ class RedisCluster:
             # Let a flush in progress finish: its sessions are ended exactly once.
             with contextlib.suppress(TimeoutError, BackendUnavailable):
                 await asyncio.wait_for(asyncio.shield(flusher), self.link.timeout * 2)
-        for task in self._tasks:
+        background = [*self._tasks, *self._syncs]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._syncs, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         # The connections are closed by now: end their sessions while Redis answers,
         # then give up the lease so that the others need not wait for it to run out.
         with contextlib.suppress(TimeoutError, BackendUnavailable):
@@ -136,8 +137,9 @@ class RedisCluster:
                 )
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-        await self.link.close()
+                await asyncio.wait_for(self._pubsub.aclose(), self.link.timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.link.close(), self.link.timeout)
 
     def check(self) -> str | None:
         if not self.link.up:
@@ -149,6 +151,8 @@ class RedisCluster:
     # ------------------------------------------------------------ sessions
 
     async def hello(self, claim: Claim) -> Claimed | str:
+        if not self._registered:  # started while Redis was away: not fenced, only new
+            await self._register()
         keys = self.keys
         asked = claim.session or ""
         reply = await self.link.script(
@@ -423,6 +427,9 @@ class RedisCluster:
             try:
                 self._pubsub = pubsub
                 channels = [self._node_channel, *(feed.channel for feed in self.feeds.values())]
+                # Connected first: a reader that starts before pubsub.connection is set dies
+                # at once (RuntimeError), and SUBSCRIBE's confirmation is then never read.
+                await self.link.run(pubsub.connect())
                 reader = asyncio.create_task(self._read(pubsub), name="redis-pubsub-read")
                 try:
                     await self._subscribe(pubsub, channels)
@@ -440,8 +447,10 @@ class RedisCluster:
                     await asyncio.gather(reader, return_exceptions=True)
             except (BackendUnavailable, RedisError, OSError) as err:
                 # The subscription alone may break (CLIENT KILL TYPE pubsub): that is no
-                # outage of Redis, so the link is left as it is.
-                logger.info("redis subscription lost (%s); subscribing again", err)
+                # outage of Redis, so the link is left as it is. Said once per break,
+                # not at every attempt while Redis is away.
+                if self._listening.is_set():
+                    logger.info("redis subscription lost (%s); subscribing again", err)
             except Exception:
                 logger.exception("redis subscription failed; subscribing again")
             finally:
@@ -452,7 +461,7 @@ class RedisCluster:
                         future.cancel()
                 self._confirm.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), self.link.timeout)
             await asyncio.sleep(wait * (0.5 + random.random() / 2))
             wait = min(RECONNECT_MAX, wait * 2)
 
@@ -551,9 +560,10 @@ class RedisCluster:
             last_tick = now
             try:
                 if not self.link.up:
-                    await self.link.ping()
-                    if self.link.reached():
-                        await self._renew()
+                    # A write, not a ping: a Redis that answers but cannot store (full
+                    # under noeviction, read-only) is no more usable than a silent one.
+                    await self._renew()
+                    self.link.reached()
                 self._kick_ends()
                 self._probe()
                 await self._check_positions()
@@ -574,12 +584,17 @@ class RedisCluster:
             self.metrics.redis_gaps.inc()
             self._probe_sent = None
             if self._pubsub is not None:
-                self._spawn(self._pubsub.aclose())
+                self._spawn(self._drop_subscription(self._pubsub))
             return
         if self._probe_sent is None and self._listening.is_set():
             self._probe_sent = now
             self._probe_token = secrets.token_hex(4)
             self._spawn(self._publish_probe(b"Q " + self._probe_token.encode()))
+
+    async def _drop_subscription(self, pubsub: Any) -> None:
+        """Close a subscription that stopped answering; the listener makes a new one."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pubsub.aclose(), self.link.timeout)
 
     async def _publish_probe(self, data: bytes) -> None:
         with contextlib.suppress(BackendUnavailable):

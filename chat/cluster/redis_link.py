@@ -18,7 +18,7 @@ from redis.asyncio.connection import Connection as RedisConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat.cluster import scripts
@@ -107,9 +107,18 @@ class RedisLink:
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
             raise self.failed(err) from None
         except ResponseError as err:
-            if str(err).startswith(_TRANSIENT):
+            if _transient(err):
                 raise self.failed(err) from None
             raise
+
+    def reply(self, reply: Any) -> Any:
+        """One reply of a pipeline run with raise_on_error=False: an error reply becomes
+        the exception to raise for its command (`BackendUnavailable` when transient)."""
+        if isinstance(reply, ResponseError) and _transient(reply):
+            return self.failed(reply)
+        if isinstance(reply, RedisConnectionError | RedisTimeoutError):
+            return self.failed(reply)
+        return reply
 
     def failed(self, err: BaseException) -> BackendUnavailable:
         """Mark the link down; the error to raise to the request that found out."""
@@ -190,6 +199,11 @@ class RedisLink:
                     self.healthy_since = self.clock()
                 for callback in self._on_restart:
                     callback()
+
+
+def _transient(err: ResponseError) -> bool:
+    # redis-py strips the code off OOM and READONLY and raises a subclass instead.
+    return isinstance(err, OutOfMemoryError | ReadOnlyError) or str(err).startswith(_TRANSIENT)
 
 
 async def _command(conn: RedisConnection, *args: Any) -> Any:

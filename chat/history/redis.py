@@ -9,12 +9,15 @@ node through the room's feed (chat.cluster.redis_cluster), not here.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
 
 import orjson
+from redis.exceptions import NoScriptError
 
+from chat.cluster import scripts
 from chat.cluster.redis_link import RedisLink
 from chat.history import Message, Page, Replay, Stored, announce, plan_replay
 
@@ -46,6 +49,8 @@ class RedisHistory:
         self.keys = link.keys
         self._retain = retain
         self._on_commit = on_commit
+        self._queue: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._rounds: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         pass  # the cluster connects; a node starts even while Redis is away
@@ -74,14 +79,10 @@ class RedisHistory:
     ) -> tuple[Message, bool]:
         keys = self.keys
         head, tail = _frame_parts(room, nick, text, ts, cid)
-        started = time.perf_counter()
-        created, msg_id, _epoch, frame = await self.link.script(
-            self.link.say,
+        created, msg_id, _epoch, frame = await self._say(
             [keys.meta(room), keys.log(room), keys.cids(room), keys.generation, keys.rooms],
             [key, cid or "", head, tail, self._retain, secrets.token_hex(8), keys.room(room), room],
         )
-        if self._on_commit is not None:
-            self._on_commit(1, time.perf_counter() - started)
         if created:
             message = Message(room, int(msg_id), nick, text, ts, cid)
         else:
@@ -89,6 +90,61 @@ class RedisHistory:
         answer = (message, bool(created))
         announce(stored, *answer)
         return answer
+
+    async def _say(self, keys: list[str], args: list[Any]) -> Any:
+        """Run the say script in the next round: one pipeline per round trip.
+
+        The group commit of the SQLite backend, on Redis: the says queued while a round
+        is in flight leave together when it is answered (one write, one read), each
+        still its own atomic script, in queue order. Nothing is retried: a round that
+        fails fails each of its says with `unavailable`, and the clients re-send them
+        with their cid.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(([*keys, *args], future))
+        if self._rounds is None or self._rounds.done():
+            self._rounds = asyncio.create_task(self._send_rounds(), name="redis-says")
+        return await future
+
+    async def _send_rounds(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            started = time.perf_counter()
+            try:
+                replies = await self._round([command for command, _ in batch])
+            except Exception as err:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            if self._on_commit is not None:
+                self._on_commit(len(batch), time.perf_counter() - started)
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue  # its request was cancelled; the message is stored all the same
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    async def _round(self, commands: list[list[Any]]) -> list[Any]:
+        """EVALSHA each command in one pipeline; load the script if Redis lost it."""
+        replies = await self._pipeline(commands)
+        # A NOSCRIPT reply means that script did not run: safe to send it again.
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await self.link.run(self.link.client.script_load(scripts.SAY))
+            again = await self._pipeline([commands[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return [self.link.reply(reply) for reply in replies]
+
+    async def _pipeline(self, commands: list[list[Any]]) -> list[Any]:
+        async with self.link.client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.evalsha(self.link.say.sha, 5, *command)
+            replies: list[Any] = await self.link.run(pipe.execute(raise_on_error=False))
+        return replies
 
     async def find(self, room: str, key: str, cid: str) -> Message | None:
         client = self.link.client
