@@ -14,10 +14,7 @@ subprocesses on free ports of 127.0.0.1 (the per-connection rate limit lifted):
 - `sqlite`: one node, `history.backend: sqlite` (WAL, synchronous=FULL);
 - `always`: a `redis-server` with `appendonly yes` + `appendfsync always`, and two
   nodes with `history.backend: redis` on it;
-- `everysec`: the same with `appendfsync everysec`;
-- `batched` (only when asked for): as `always`, but the nodes run bench/batched.py, the
-  server with its Redis says sent in pipelines: a prototype, to measure what batching
-  would bring.
+- `everysec`: the same with `appendfsync everysec`.
 
 `--senders` clients join 5 rooms (`room{n % 5}`); with two nodes, sender n connects to
 node n % 2, so every room has members on both nodes. Measured, as in bench/say.py:
@@ -70,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 from tests.redisproc import RedisServer  # noqa: E402
 
 ROOMS = 5
-SETUPS = ("sqlite", "always", "everysec", "batched")
+SETUPS = ("sqlite", "always", "everysec")
 DEFAULT_SETUPS = "sqlite,always,everysec"
 
 
@@ -100,7 +97,7 @@ class Node:
     """`python -m chat` on a free port of 127.0.0.1, with its stderr kept in a file."""
 
     def __init__(self, name: str, history: dict[str, Any], redis_url: str | None,
-                 workdir: Path, main: list[str] | None = None) -> None:
+                 workdir: Path) -> None:
         config: dict[str, Any] = {
             "history": history,
             # The benchmark measures the backend, not the per-connection rate limit.
@@ -114,8 +111,8 @@ class Node:
         self.log = workdir / f"{name}.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, *(main or ["-m", "chat"]), "--config", str(path),
-                 "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING"],
+                [sys.executable, "-m", "chat", "--config", str(path), "--host", "127.0.0.1",
+                 "--port", "0", "--log-level", "WARNING"],
                 cwd=workdir, stdout=subprocess.PIPE, stderr=log, text=True,
                 # The node runs this checkout's code, whatever the venv was installed from.
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -323,13 +320,11 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
                                              "path": str(workdir / "bench.db")},
                                   None, workdir))
             else:
-                redis = Redis(workdir / "redis", "everysec" if setup == "everysec" else "always")
-                # `batched`: the server with bench/batched.py's says, a prototype.
-                main = [str(ROOT / "bench" / "batched.py")] if setup == "batched" else None
+                redis = Redis(workdir / "redis", setup)
                 redis.start()
                 for n in range(2):
                     nodes.append(
-                        Node(f"node{n}", {"backend": "redis"}, redis.url, workdir, main)
+                        Node(f"node{n}", {"backend": "redis"}, redis.url, workdir)
                     )
             probe = Probe()
             async with aiohttp.ClientSession(

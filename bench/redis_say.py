@@ -8,11 +8,13 @@ port of 127.0.0.1, and in this process `--callers` tasks, each storing a message
 waiting for the answer, in a loop (one in flight per task, as bench/nodes.py's senders on
 one node), for `--seconds`, in two ways:
 
-- `append`: the node's own path, `RedisHistory.append` (one SAY script per call through
-  redis-py: a pooled connection per call in flight, one write and one read per call);
+- `append`: the node's own path, `RedisHistory.append` (until main's 6c4be04 one SAY
+  script per call through redis-py: a pooled connection per call in flight, one write
+  and one read per call; since then itself one pipeline per round trip);
 - `batched`: the same SAY script, but the calls queued while the event loop was busy go
   to Redis as one pipeline (one write, one read, one connection) and are answered
-  together; what a group commit would look like on Redis.
+  together: the group commit that 6c4be04 brought to the server, kept here as the
+  reference the server's path is compared with.
 
 It prints calls per second and the CPU time per call of this process and of
 redis-server. This is a diagnosis for docs/benchmarks.md, not a test: `batched` lives
