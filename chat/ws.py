@@ -125,12 +125,22 @@ async def _read(
         if conn.closing:
             continue  # drain until the close handshake ends the loop
         try:
+            if msg.type is WSMsgType.TEXT and _over(msg.data, hub.config.limits.max_frame):
+                # aiohttp holds each connection to the max_frame it opened with; a reload
+                # that lowered it applies here, to connections already open too.
+                conn.close(Close.TOO_BIG, "message too big")
+                continue
             if not await _receive(conn, ws, msg, requests):
                 return
         except Exception:
             # A bug, not the client's doing: after this the connection only drains, so
             # however many frames follow, this logs once.
             _crash(conn, "reading a frame")
+
+
+def _over(text: str, max_frame: int) -> bool:
+    """More than `max_frame` bytes of UTF-8; encodes only a text that might be."""
+    return len(text) > max_frame or (len(text) * 4 > max_frame and len(text.encode()) > max_frame)
 
 
 async def _receive(

@@ -16,10 +16,25 @@ function newCid() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+// The server names its routes from the app's root (`/ws`); the page is served at that
+// root, so they are resolved against the page, not the host: under a path prefix (a
+// proxy's `location /chat/`) `/ws` is `/chat/ws`.
 function wsUrl(path) {
-  const url = new URL(path, location.href);
+  const url = new URL(`.${path.startsWith('/') ? path : `/${path}`}`, location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   return url.href;
+}
+
+const PROBE_TIMEOUT = 1500; // ms: a probe on a dead network must not linger
+
+// Whether the server answers its health check: far cheaper than an upgrade, and it
+// starts no session. Relative for the same reason as the socket.
+function probe(done) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), PROBE_TIMEOUT);
+  fetch(new URL('healthz', location.href), { cache: 'no-store', signal: abort.signal })
+    .then((r) => done(r.ok), () => done(false))
+    .finally(() => clearTimeout(timer));
 }
 
 const data = document.body.dataset;
@@ -36,6 +51,7 @@ const core = new ChatCore({
     clearTimeout: (id) => clearTimeout(id),
     random: Math.random,
     openSocket: () => new WebSocket(url),
+    probe,
     newCid,
     log: (...args) => console.error(...args),
   },

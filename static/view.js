@@ -6,7 +6,11 @@
 // - user data reaches the DOM only through textContent / dataset, never HTML;
 // - no inline styles (the Content-Security-Policy forbids them).
 
+import { counts, shouldNotify, tabTitle } from './core/attention.js';
+import { dayLabel, placement, timeLabel, wantsOlder } from './core/layout.js';
 import { NICK_RE, codePoints, sameNick } from './core/nick.js';
+import { neighbourRoom, presenceLine } from './core/room.js';
+import { mentionsMe, pieces } from './core/text.js';
 
 const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 const NICK_KEY = 'chat.nick';
@@ -15,12 +19,18 @@ const NICK_KEY = 'chat.nick';
 const SESSION_KEY = 'chat.session';
 // Per tab too, never in localStorage: a token is a credential, kept no longer than the tab.
 const TOKEN_KEY = 'chat.token';
+// Desktop notifications for mentions: an opt-in that outlives the tab, as the
+// browser's permission does.
+const NOTIFY_KEY = 'chat.notify';
 const DEFAULT_ROOM = 'lobby';
 const TYPING_SHOW = 3000;      // ms an "is typing" line stays without news
 const BOTTOM_SLACK = 40;       // px from the bottom that still count as "at the bottom"
 // Messages a room keeps in the page; older ones come back with "Load older messages".
 // A tab may stay open for weeks in a busy room, and every line costs memory and layout.
 const MAX_SHOWN = 1000;
+// Join and leave lines a room keeps: a room with much coming and going and few
+// messages would otherwise grow them without bound (trimming counts messages).
+const MAX_QUIET = 200;
 
 const $ = (id) => document.getElementById(id);
 
@@ -44,6 +54,9 @@ function tabStorage(key, value) {
 
 export const tabSession = (value) => tabStorage(SESSION_KEY, value);
 const tabToken = (value) => tabStorage(TOKEN_KEY, value);
+// Per tab: the messages not yet acknowledged, so that a reload sends them again with
+// their cids (core/outbox.js snapshot) instead of losing them.
+const OUTBOX_KEY = 'chat.outbox';
 
 function errorWords(tokenMode) {
   return {
@@ -76,12 +89,14 @@ export class View {
     this.words = errorWords(tokenMode);
     this.el = {
       nickForm: $('nick-form'), nick: $('nick'), nickError: $('nick-error'), nickSubmit: $('nick-submit'),
-      status: $('status'), reconnect: $('reconnect'), notices: $('notices'),
+      status: $('status'), statusDetail: $('status-detail'), reconnect: $('reconnect'), notices: $('notices'),
       rooms: $('rooms'), roomForm: $('room-form'), roomName: $('room-name'), roomError: $('room-error'),
       members: $('members'), memberCount: $('member-count'), roomTitle: $('room-title'),
       older: $('older'), messages: $('messages'), newMessages: $('new-messages'), typing: $('typing'),
       composer: $('composer'), text: $('text'), send: $('send'), counter: $('counter'),
       token: $('token'), // only in token mode
+      notify: $('notify'),
+      sidebar: $('sidebar'), panelToggle: $('panel-toggle'), panelUnread: $('panel-unread'),
     };
     // Where the person signs in: the token field in token mode, else the nick field.
     this.signInField = this.el.token || this.el.nick;
@@ -89,6 +104,8 @@ export class View {
     this.shown = new Map();      // room name -> {list, item, typing, scroll, unread}
     this.sortKey = new WeakMap(); // node -> its place in a room's list (see placeNode)
     this.lines = new WeakMap();   // outbox entry -> its pending <li>
+    // The person just asked to sign in: once welcomed, their next act is writing.
+    this.focusOnWelcome = false;
   }
 
   describe(f) { return this.words[f.code] || f.message || `Error: ${f.code}`; }
@@ -115,8 +132,10 @@ export class View {
   // ------------------------------------------------------------------ status
 
   status() {
-    const { text, reconnect, trouble, phase } = this.core.status();
+    const { text, detail, reconnect, trouble, phase } = this.core.status();
+    // Written only when it changes: a live region speaks at every write.
     if (this.el.status.textContent !== text) this.el.status.textContent = text;
+    if (this.el.statusDetail.textContent !== detail) this.el.statusDetail.textContent = detail;
     // Offered only while it helps: not while connected, nor during the very first connect.
     this.el.reconnect.hidden = !reconnect;
     this.el.status.classList.toggle('trouble', trouble);
@@ -144,6 +163,16 @@ export class View {
     this.el.nickSubmit.textContent = this.tokenMode ? 'Use another token' : 'Change nick';
     if (!this.tokenMode) storage(NICK_KEY, f.nick);
     this.showNickError('');
+    // Only after a sign-in the person asked for (or the automatic one at start-up): a
+    // reconnect must not pull the focus away from whatever they are doing.
+    if (this.focusOnWelcome) this.focusComposer();
+  }
+
+  // To the message box, unless the person has moved on to something else meanwhile.
+  focusComposer() {
+    this.focusOnWelcome = false;
+    const active = document.activeElement;
+    if (!active || active === document.body || this.el.nickForm.contains(active)) this.el.text.focus();
   }
 
   limits() { this.updateCounter(); }
@@ -179,7 +208,10 @@ export class View {
     this.showNickError('');
     storage(NICK_KEY, nick);
     if (this.core.phase === 'ready' && !sameNick(nick, this.core.me)) tabSession(null);
+    this.focusOnWelcome = true;
     this.core.useNick(nick);
+    // Same nick up to case: no new `welcome` comes, the sign-in is done already.
+    if (this.core.phase === 'ready') this.focusComposer();
   }
 
   submitToken() {
@@ -191,6 +223,7 @@ export class View {
     }
     this.showNickError('');
     this.el.token.value = '';
+    this.focusOnWelcome = true;
     tabToken(token);
     tabSession(null);
     this.core.useToken(token);
@@ -202,7 +235,7 @@ export class View {
     const list = document.createElement('ol');
     list.className = 'message-list';
     const view = {
-      list, item: null, typing: new Map(), unread: 0,
+      list, item: null, typing: new Map(), unread: 0, mentions: 0,
       scroll: null, // saved scrollTop while another room is shown; null = at the bottom
     };
     this.shown.set(room.name, view);
@@ -237,6 +270,7 @@ export class View {
     const view = this.shown.get(name);
     if (view) {
       view.unread = 0;
+      view.mentions = 0;
       this.el.messages.replaceChildren(view.list);
       if (view.scroll == null) this.scrollToBottom();
       else this.el.messages.scrollTop = view.scroll;
@@ -262,14 +296,21 @@ export class View {
     const badge = document.createElement('span');
     badge.className = 'unread';
     open.append(label, badge);
-    open.addEventListener('click', () => this.showRoom(room.name));
+    open.addEventListener('click', () => {
+      this.showRoom(room.name);
+      this.togglePanel(false); // on a phone, back to the log
+    });
     const leave = document.createElement('button');
     leave.type = 'button';
     leave.className = 'room-leave';
     leave.textContent = '×';
     leave.title = `Leave #${room.name}`;
     leave.setAttribute('aria-label', `Leave #${room.name}`);
-    leave.addEventListener('click', () => this.core.leaveRoom(room.name));
+    leave.addEventListener('click', () => {
+      this.core.leaveRoom(room.name);
+      // The button is gone with its room: without this the focus falls back to <body>.
+      this.el.text.focus();
+    });
     li.append(open, leave);
     li.dataset.room = room.name;
     return li;
@@ -286,13 +327,45 @@ export class View {
     const badge = open.querySelector('.unread');
     badge.textContent = view.unread ? String(view.unread) : '';
     badge.hidden = !view.unread;
-    open.setAttribute('aria-label', `#${room.name}${view.unread ? `, ${view.unread} unread` : ''}`);
+    badge.classList.toggle('mentioned', view.mentions > 0);
+    let label = `#${room.name}`;
+    if (view.unread) label += `, ${view.unread} unread`;
+    if (view.mentions) label += `, ${view.mentions} mentioning you`;
+    open.setAttribute('aria-label', label);
+  }
+
+  // The tab's title counts what the reader has not seen, in every room.
+  renderTitle() {
+    let unread = 0;
+    let mentions = 0;
+    for (const view of this.shown.values()) {
+      unread += view.unread;
+      mentions += view.mentions;
+    }
+    const title = tabTitle(this.core.rooms.has(this.current) ? this.current : null, unread, mentions);
+    if (document.title !== title) document.title = title;
+    // On a phone the room list is folded away: its toggle carries the count instead.
+    const others = unread - (this.shown.get(this.current)?.unread || 0);
+    this.el.panelUnread.textContent = others ? String(others) : '';
+    this.el.panelUnread.hidden = !others;
+    this.el.panelToggle.setAttribute('aria-label', others ? `Rooms, ${others} unread` : 'Rooms');
+  }
+
+  // The tab is back in sight: what is on screen is read now.
+  seen() {
+    const view = this.shown.get(this.current);
+    if (view && (view.unread || view.mentions)) {
+      view.unread = 0;
+      view.mentions = 0;
+      this.renderRoomItem(this.core.rooms.get(this.current));
+    }
+    this.renderTitle();
   }
 
   renderRoom() {
     const room = this.core.rooms.get(this.current);
     this.el.roomTitle.textContent = room ? `#${room.name}` : 'No room';
-    document.title = room ? `#${room.name} – Chat` : 'Chat';
+    this.renderTitle();
     this.renderMembers();
     this.renderTyping();
     this.renderOlder();
@@ -366,15 +439,83 @@ export class View {
     if (view ? view.bottom : shown.scroll == null) this.trimOldest(room);
     const nick = item.message.nick;
     this.stopTyping(room, nick);
-    if (room.name === this.current) this.restoreScroll(room, view, sameNick(nick, this.core.me), true);
-    else {
-      shown.unread += 1;
+    const own = sameNick(nick, this.core.me);
+    if (room.name === this.current) this.restoreScroll(room, view, own, true);
+    this.attend(room, item.message, own);
+  }
+
+  // Count a live message the reader has not seen, and notify a mention if asked to.
+  attend(room, m, own) {
+    const shown = this.shown.get(room.name);
+    const hidden = document.visibilityState === 'hidden';
+    const mention = !own && mentionsMe(String(m.text), this.core.me);
+    const add = counts({ own, shown: room.name === this.current, hidden, mention });
+    if (add.unread || add.mention) {
+      shown.unread += add.unread;
+      shown.mentions += add.mention;
       this.renderRoomItem(room);
+      this.renderTitle();
     }
+    const permission = typeof Notification === 'function' ? Notification.permission : 'denied';
+    if (shouldNotify({ own, mention, hidden, optedIn: this.notifyOn(), permission })) {
+      const note = new Notification(`${m.nick} in #${room.name}`, { body: String(m.text), tag: `chat-${room.name}` });
+      note.addEventListener('click', () => {
+        window.focus();
+        if (this.shown.has(room.name)) this.showRoom(room.name);
+        note.close();
+      });
+    }
+  }
+
+  // Phones: the rooms and members panel, folded away unless asked for.
+  togglePanel(open = !this.el.sidebar.classList.contains('open')) {
+    this.el.sidebar.classList.toggle('open', open);
+    this.el.panelToggle.setAttribute('aria-expanded', String(open));
+  }
+
+  // ------------------------------------------------------------------ notifications
+
+  notifyOn() { return storage(NOTIFY_KEY) === 'on'; }
+
+  renderNotify() {
+    const button = this.el.notify;
+    const supported = typeof Notification === 'function' && Notification.permission !== 'denied';
+    button.hidden = !supported;
+    const on = supported && this.notifyOn() && Notification.permission === 'granted';
+    button.setAttribute('aria-pressed', String(on));
+    button.textContent = on ? 'Mention alerts: on' : 'Mention alerts: off';
+  }
+
+  // Asked for only from this click: a browser refuses (and people resent) a permission
+  // prompt that nobody asked for.
+  async toggleNotify() {
+    if (this.notifyOn()) {
+      storage(NOTIFY_KEY, 'off');
+    } else {
+      const permission = Notification.permission === 'granted'
+        ? 'granted' : await Notification.requestPermission();
+      if (permission === 'granted') storage(NOTIFY_KEY, 'on');
+    }
+    this.renderNotify();
   }
 
   presence(room, f) {
     if (f.event === 'leave') this.stopTyping(room, f.nick);
+    // A quiet line in the log, after the newest message: the log is a live region, so
+    // it is announced once, as the member list (not live) changes silently.
+    const view = this.captureScroll(room);
+    const li = document.createElement('li');
+    li.className = 'presence';
+    li.dir = 'auto';
+    li.textContent = presenceLine(f);
+    this.placeNode(room, li, room.maxId + 0.5);
+    const quiet = this.shown.get(room.name).list.querySelectorAll(':scope > .presence');
+    if (quiet.length > MAX_QUIET) {
+      const next = quiet[0].nextElementSibling;
+      quiet[0].remove();
+      this.decorate(next);
+    }
+    this.restoreScroll(room, view, false, false);
     if (room.name === this.current) {
       this.renderMembers();
       this.renderTyping();
@@ -393,12 +534,26 @@ export class View {
 
   history(room, items) {
     const current = room.name === this.current;
-    // Older messages go above: keep what the reader is looking at in place.
-    const before = this.el.messages.scrollHeight;
-    const top = this.el.messages.scrollTop;
+    // Older messages go above: keep the line the reader is looking at where it is on
+    // screen. Measured on that line: Chromium's scroll anchoring moves the view by
+    // itself when it is not at the very top (now usual, as the page asks ahead), and
+    // other browsers may not, and this holds either way.
+    const anchor = current ? this.firstVisibleLine() : null;
+    const before = anchor ? anchor.getBoundingClientRect().top : 0;
     for (const item of items) this.showItem(room, item);
-    if (current) this.el.messages.scrollTop = top + (this.el.messages.scrollHeight - before);
+    if (anchor && anchor.isConnected) {
+      this.el.messages.scrollTop += anchor.getBoundingClientRect().top - before;
+    }
     if (current) this.renderOlder();
+  }
+
+  firstVisibleLine() {
+    const top = this.el.messages.getBoundingClientRect().top;
+    const list = this.shown.get(this.current)?.list;
+    for (let node = list?.firstElementChild; node; node = node.nextElementSibling) {
+      if (node.getBoundingClientRect().bottom > top) return node;
+    }
+    return null;
   }
 
   showItem(room, { message: m, entry }) {
@@ -416,27 +571,86 @@ export class View {
   setTime(time, ts) {
     const d = new Date(Number.isFinite(ts) ? ts : Date.now());
     time.dateTime = d.toISOString();
-    time.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    time.textContent = timeLabel(d.getTime(), Date.now());
     time.title = d.toLocaleString();
+    time.closest('li').dataset.ts = String(d.getTime());
+  }
+
+  // A message's day divider and grouping follow from the message line before it
+  // (core/layout.js); a gap or archive line in between starts afresh. Called for a
+  // line and for the one after it whenever lines are placed, moved or dropped.
+  decorate(li) {
+    if (!li || !li.classList.contains('message')) return;
+    // Join and leave lines sit between messages without starting a new day; the header
+    // is repeated below them, though, as it is no longer in sight of the line.
+    let before = li.previousElementSibling;
+    let quiet = false;
+    while (before && before.classList.contains('presence')) {
+      before = before.previousElementSibling;
+      quiet = true;
+    }
+    const info = (node) => ({ nick: node.dataset.nick, ts: Number(node.dataset.ts) });
+    const prev = before && before.classList.contains('message') ? info(before) : null;
+    const { divider, grouped } = placement(prev, info(li));
+    li.classList.toggle('grouped', grouped && !quiet);
+    let day = li.querySelector(':scope > .day');
+    if (divider) {
+      if (!day) {
+        day = document.createElement('p');
+        day.className = 'day';
+        li.prepend(day);
+      }
+      day.textContent = dayLabel(info(li).ts, Date.now());
+    } else {
+      day?.remove();
+    }
   }
 
   messageElement(nick, text, ts) {
     const li = document.createElement('li');
     li.className = 'message';
     li.dataset.nick = nick;
+    const time = document.createElement('time');
+    li.append(time);
+    this.setTime(time, ts);
     const who = document.createElement('span');
     who.className = 'nick';
     who.dir = 'auto';
     who.textContent = nick;
-    const time = document.createElement('time');
-    this.setTime(time, ts);
     const body = document.createElement('div');
     body.className = 'text';
     body.dir = 'auto';
-    body.textContent = text;
-    li.append(who, time, body);
-    if (sameNick(nick, this.core.me)) li.classList.add('own');
+    const own = sameNick(nick, this.core.me);
+    body.append(...this.textNodes(text, own ? null : this.core.me));
+    time.before(who);
+    li.append(body);
+    if (own) li.classList.add('own');
+    else if (body.querySelector('.mention')) li.classList.add('mentions-me');
     return li;
+  }
+
+  // The text as DOM nodes, never as HTML: links as <a> (http and https only, checked
+  // by core/text.js), mentions of `me` as <mark>, the rest as text nodes.
+  textNodes(text, me) {
+    return pieces(text, me).map((piece) => {
+      if (piece.kind === 'link') {
+        const a = document.createElement('a');
+        a.href = piece.href;
+        a.textContent = piece.text;
+        // A new tab that cannot reach back into this one (window.opener) nor learn
+        // where it came from.
+        a.rel = 'noopener noreferrer';
+        a.target = '_blank';
+        return a;
+      }
+      if (piece.kind === 'mention') {
+        const mark = document.createElement('mark');
+        mark.className = 'mention';
+        mark.textContent = piece.text;
+        return mark;
+      }
+      return document.createTextNode(piece.text);
+    });
   }
 
   // Insert a node so the list stays ordered by key: message id, a gap line just after
@@ -444,10 +658,15 @@ export class View {
   placeNode(room, node, key) {
     const list = this.shown.get(room.name).list;
     this.sortKey.set(node, key);
+    const oldNext = node.nextElementSibling; // a line moved (settled) leaves a neighbour
     let after = list.lastElementChild;
     while (after && this.sortKey.get(after) > key) after = after.previousElementSibling;
+    if (after === node) after = node.previousElementSibling;
     if (after) after.after(node);
     else list.prepend(node);
+    this.decorate(oldNext);
+    this.decorate(node);
+    this.decorate(node.nextElementSibling);
   }
 
   // Drop the oldest lines beyond MAX_SHOWN messages (with the gap and archive lines among
@@ -469,6 +688,7 @@ export class View {
     }
     // The oldest id left is near the top (at most a gap line before it): walk, do not
     // copy the whole list, as this runs for every message once a room is full.
+    this.decorate(list.firstElementChild); // the new first line gets its day divider
     let first = list.firstElementChild;
     while (first && !room.ids.has(this.sortKey.get(first))) first = first.nextElementSibling;
     room.trimmed(dropped, first ? this.sortKey.get(first) : Infinity);
@@ -547,6 +767,19 @@ export class View {
   }
 
   // ------------------------------------------------------------------ sending
+
+  outboxChanged() {
+    const pending = this.core.outbox.snapshot();
+    tabStorage(OUTBOX_KEY, pending.length ? JSON.stringify(pending) : null);
+  }
+
+  restoreOutbox() {
+    let saved = null;
+    try {
+      saved = JSON.parse(tabStorage(OUTBOX_KEY) || 'null');
+    } catch { /* unreadable: nothing to restore */ }
+    if (saved) this.core.restorePending(saved);
+  }
 
   sayQueued(entry) {
     const li = this.messageElement(this.core.me || this.core.nick || '', entry.text, Date.now());
@@ -628,6 +861,7 @@ export class View {
     this.el.roomError.textContent = '';
     this.el.roomName.value = '';
     this.openRoom(name);
+    this.togglePanel(false);
     this.el.text.focus();
   }
 
@@ -657,6 +891,9 @@ export class View {
     el.newMessages.addEventListener('click', () => this.scrollToBottom());
     el.messages.addEventListener('scroll', () => {
       if (this.atBottom()) el.newMessages.hidden = true;
+      // Reading back in time fetches the page before by itself; the button stays for
+      // keyboard users. core.loadOlder asks at most once at a time per room.
+      if (this.current && wantsOlder(el.messages)) this.core.loadOlder(this.current);
     });
     el.reconnect.addEventListener('click', () => this.core.reconnectNow());
     window.addEventListener('hashchange', () => {
@@ -664,7 +901,28 @@ export class View {
       if (name && name !== this.current) this.openRoom(name);
     });
     document.addEventListener('visibilitychange', () => {
-      if (document.visibilityState === 'visible') this.core.wake();
+      if (document.visibilityState === 'visible') {
+        this.core.wake();
+        this.seen();
+      }
+    });
+    el.notify.addEventListener('click', () => this.toggleNotify());
+    el.panelToggle.addEventListener('click', () => this.togglePanel());
+    // Alt+Up / Alt+Down: the previous / next room, from anywhere on the page (the hint
+    // under the room list says so). Alt with arrows moves nothing in a text field.
+    document.addEventListener('keydown', (ev) => {
+      if (!ev.altKey || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+      if (ev.key !== 'ArrowUp' && ev.key !== 'ArrowDown') return;
+      const next = neighbourRoom([...this.core.rooms.keys()], this.current, ev.key === 'ArrowUp' ? -1 : 1);
+      ev.preventDefault();
+      if (next) this.showRoom(next);
+    });
+    // Something typed is not acknowledged yet: ask before the tab goes. A reload keeps it
+    // (sessionStorage) and sends it again, but closing the tab would lose it.
+    window.addEventListener('beforeunload', (ev) => {
+      if (!this.core.hasPending()) return;
+      ev.preventDefault();
+      ev.returnValue = ''; // older Chromium shows the prompt only with this set
     });
     window.addEventListener('online', () => this.core.setOffline(false));
     window.addEventListener('offline', () => this.core.setOffline(true));
@@ -672,6 +930,7 @@ export class View {
 
   start() {
     this.bind();
+    this.renderNotify();
     if (this.tokenMode) {
       const linked = tokenFromHash();
       if (linked) tabToken(linked);
@@ -684,7 +943,9 @@ export class View {
       }
     }
     this.openRoom(roomFromHash() || DEFAULT_ROOM);
+    this.restoreOutbox();
     this.updateCounter();
+    this.focusOnWelcome = this.core.canSayHello();
     this.core.start(); // signs in at once with a stored nick or token; else `hello` waits
     (this.core.canSayHello() ? this.el.text : this.signInField).focus();
   }

@@ -6,14 +6,34 @@ when it is missing they fail rather than skip, so a broken environment is seen.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import aiohttp_jinja2
+import jinja2
 import pytest
-from playwright.async_api import Browser, BrowserContext, Locator, Page, Playwright, expect
+import pytest_asyncio
+from aiohttp import WSMsgType, web
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    Playwright,
+    async_playwright,
+    expect,
+)
 
+from chat.app import asset_dir
+from chat.keys import CONFIG as CONFIG_KEY
+from chat.routes import security_headers, setup_routes
+from tests.conftest import make_config
 from tests.serverproc import ServerProcess, write_config
 
 CHROMIUM: Final = "/usr/bin/chromium"
@@ -91,11 +111,12 @@ class ChatPage:
         width: int = 1000,
         height: int = 700,
         color_scheme: Literal["light", "dark"] = "light",
+        timezone_id: str = "UTC",
     ) -> ChatPage:
         context = await browser.new_context(
             viewport={"width": width, "height": height},
             locale="en-GB",
-            timezone_id="UTC",
+            timezone_id=timezone_id,
             color_scheme=color_scheme,
         )
         context.set_default_timeout(WAIT)
@@ -111,7 +132,12 @@ class ChatPage:
 
     async def _on_dialog(self, dialog: Any) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
-        await dialog.dismiss()
+        # The page asks before leaving with messages pending: a test that reloads then
+        # means to leave (and checks `dialogs`); dismissing would cancel the reload.
+        if dialog.type == "beforeunload":
+            await dialog.accept()
+        else:
+            await dialog.dismiss()
 
     # ------------------------------------------------------------------ locators
 
@@ -176,3 +202,109 @@ class ChatPage:
 
     async def close(self) -> None:
         await self.context.close()
+
+
+# ---------------------------------------------------------------------- fixtures
+# Each browser test module (tests/test_browser.py, tests/test_page_*.py) imports
+# these functions; pytest finds them under their `name=`, so the test
+# arguments do not shadow the imported names.
+
+OpenPage = Callable[..., Awaitable[ChatPage]]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", name="browser")
+async def browser_fixture() -> AsyncIterator[Browser]:
+    """One Chromium for the module; each test gets fresh contexts."""
+    async with async_playwright() as playwright:
+        chromium = await launch_chromium(playwright)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture(name="servers")
+def servers_fixture(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    """Every server a test starts, killed at the end; the first one is started here."""
+    started = [start_server(tmp_path)]
+    yield started
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.send_signal(signal.SIGCONT)  # a stopped child still dies of SIGKILL, but be tidy
+        server.close()
+
+
+@pytest.fixture(name="server")
+def server_fixture(servers: list[ServerProcess]) -> ServerProcess:
+    return servers[0]
+
+
+@pytest_asyncio.fixture(loop_scope="module", name="open_page")
+async def open_page_fixture(browser: Browser, server: ServerProcess) -> AsyncIterator[OpenPage]:
+    """Open the chat page (optionally at `path`) in a new browser context."""
+    pages: list[ChatPage] = []
+
+    async def _open(path: str = "/", **kwargs: Any) -> ChatPage:
+        page = await ChatPage.open(browser, server.url + path, **kwargs)
+        pages.append(page)
+        return page
+
+    yield _open
+    for page in pages:
+        await page.close()
+
+
+# ---------------------------------------------------------------------- a scripted server
+
+Frame = dict[str, Any]
+Script = Callable[[Frame], Awaitable[list[Frame]]]
+
+
+def welcome_for(nick: str) -> Frame:
+    """A `welcome` with the contract's default limits and a 10 s heartbeat."""
+    return {
+        "type": "welcome", "version": 1, "session": "s-1", "nick": nick, "rooms": [],
+        "heartbeat": {"interval": 10, "timeout": 30},
+        "limits": {"text": 2000, "frame": 16384, "rooms": 20,
+                   "rate": {"messages": 5, "per": 1, "burst": 10},
+                   "join_rate": {"messages": 5, "per": 1, "burst": 40}},
+    }  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def scripted_page_server(answer: Script) -> AsyncIterator[str]:
+    """The real page and static files, with a /ws that answers each frame with `answer`.
+
+    For what a real server cannot be made to do on cue (messages from past days, an
+    `unavailable`); `ping` is answered here. Yields the page's URL.
+    """
+
+    async def chat_ws(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            frame = json.loads(msg.data)
+            if frame.get("type") == "ping":
+                await ws.send_json({"type": "pong", "t": frame.get("t"), "ts": 0})
+                continue
+            for reply in await answer(frame):
+                await ws.send_json(reply)
+        return ws
+
+    app = web.Application(middlewares=[security_headers])
+    app[CONFIG_KEY] = make_config()
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(asset_dir("templates")),
+        autoescape=jinja2.select_autoescape(["html"]),
+    )
+    app.router.add_get("/ws", chat_ws)
+    setup_routes(app, asset_dir("static"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    finally:
+        await runner.cleanup()

@@ -312,3 +312,19 @@ async def test_log_level_from_the_command_line_survives_a_reload(tmp_path: Path)
         assert await asyncio.to_thread(srv.server.stop) == 0
     lines = json_lines(srv.server.stderr_text())
     assert [obj["level"] for obj in lines] == ["WARNING"], lines
+
+
+async def test_lowered_max_frame_applies_to_an_open_connection(tmp_path: Path) -> None:
+    """A reload that lowers limits.max_frame closes an open connection's larger frame 1009."""
+    new = merge(BASE, {"limits": {"max_frame": 200}})
+    with Reloadable(tmp_path, BASE) as srv:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(srv.server.ws_url)
+            await hello(ws, "alice")
+            await srv.reload(new)
+            assert (await next_text(ws))["type"] == "settings"
+            await ws.send_json({"type": "ping", "t": "x" * 150})  # under 200 bytes
+            assert (await next_text(ws))["type"] == "pong"
+            await ws.send_json({"type": "ping", "t": "é" * 150})  # 300 bytes of UTF-8
+            msg = await asyncio.wait_for(ws.receive(), DEADLINE)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1009)

@@ -1,8 +1,10 @@
 """Terminal front end: `python -m chat.client --url WS_URL --nick NICK --room ROOM`.
 
 Prints the room's messages as `[HH:MM:SS] nick: text`, presence and connection status
-as `* ...` lines and errors as `! ...` lines; sends each line read from standard input.
-End of input waits (bounded) for the acks of what was sent, then exits 0.
+as `* ...` lines and errors as `! ...` lines, one line per event; sends each line read
+from standard input. End of input waits (bounded) for the acks of what was sent, then
+exits 0. A connection that keeps failing for the same reason is reported once, not at
+every attempt; log records stay off the terminal unless `--verbose` (or `--log-level`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Final, TypeVar
+from urllib.parse import urlsplit
 
 from chat.client import ChatClient, ChatError, Event
 
@@ -35,10 +39,107 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--nick", required=True, help="your nick")
     parser.add_argument("--room", default="lobby", help="room to join (default lobby)")
     parser.add_argument("--token", help="token for a server in token mode")
-    parser.add_argument("--log-level", default="WARNING",
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="log what the client does (INFO records) on standard error")
+    # Without --verbose only ERROR records (a bug) reach the terminal: every warning the
+    # client logs (server not responding, a refused connection) is told as a `*` line
+    # already, and a log line in the middle of the conversation is noise.
+    parser.add_argument("--log-level", default=None,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
-                        help="logging threshold on standard error (default WARNING)")
+                        help="logging threshold on standard error "
+                             "(default ERROR, INFO with --verbose)")
     return parser
+
+
+# aiohttp's words for a failed connect: "Cannot connect to host H:P ssl:default [why]".
+_OS_REASON: Final = re.compile(r"\[(?P<why>[^\]]*)\]\s*$")
+_HTTP_STATUS: Final = re.compile(r"^(?P<status>\d{3}), message=")
+
+
+def connect_failure(reason: str, url: str) -> str:
+    """The clear words for the client's `cannot connect: ...` reason (aiohttp's text)."""
+    detail = reason.removeprefix("cannot connect:").strip()
+    where = urlsplit(url).netloc or url
+    if not detail or detail == "TimeoutError":
+        return f"no answer from {where} (timed out)"
+    if status := _HTTP_STATUS.match(detail):
+        return (f"{where} answered HTTP {status['status']} instead of a WebSocket upgrade "
+                "(check --url)")
+    if why := _OS_REASON.search(detail):
+        text = why["why"]
+        if text.startswith("Connect call failed") or "refused" in text.lower():
+            return f"{where} refused the connection (is the server running?)"
+        if "not known" in text or "resolution" in text or "nodename" in text:
+            return f"unknown host {urlsplit(url).hostname or where}"
+        return f"cannot reach {where}: {text[:1].lower()}{text[1:]}"
+    return f"cannot reach {where}: {detail}"
+
+
+def _end_reason(reason: str, code: object, url: str) -> str:
+    """Why a connection ended, in words."""
+    if reason.startswith("cannot connect"):
+        return connect_failure(reason, url)
+    if code == 1001:
+        return "the server is restarting"
+    if code == 4000:
+        return "the server timed the connection out"
+    if code == 4001:
+        return "the server dropped a connection that read too slowly"
+    return reason
+
+
+_HELLO_REFUSED: Final = re.compile(r"^hello refused: (?P<code>[a-z_]+): (?P<message>.*)$")
+_HELLO_ADVICE: Final = {
+    "nick_taken": "choose another with --nick",
+    "nick_invalid": "use 1 to 32 letters, digits, '_', '-' or '.'",
+    "unauthorized": "check --token",
+}
+
+
+def refusal(code: str, message: str) -> str:
+    """The one line for a sign-in the server refused for good."""
+    advice = _HELLO_ADVICE.get(code)
+    return f"! {message}" + (f": {advice}" if advice else "")
+
+
+class Printer:
+    """Turns the client's events into terminal lines, one per event that matters.
+
+    It remembers what it last said about the connection, so that a reconnect loop
+    failing the same way (the server down for minutes) is one line, not one per
+    attempt, and the next line is the one that says it is back.
+    """
+
+    def __init__(self, room: str, url: str) -> None:
+        self.room = room
+        self.url = url
+        self.trouble: str | None = None  # what was last said about a broken connection
+
+    def line(self, event: Event) -> str | None:
+        """The line printed for an event, or None when it is not shown."""
+        if event.get("type") != "status":
+            return render(event, self.room)
+        state = event.get("state")
+        if state == "connected":
+            self.trouble = None
+            how = "session resumed" if event.get("resumed") else "new session"
+            return f"* connected as {event.get('nick')} ({how})"
+        if state == "not_responding":
+            self.trouble = "the server is not responding"
+            return f"* {self.trouble}; reconnecting"
+        if state == "reconnecting":
+            why = _end_reason(str(event.get("reason", "")), event.get("code"), self.url)
+            if self.trouble is not None and (why == self.trouble or why == "connection lost"):
+                return None  # said already; the next line is the one that says it is back
+            self.trouble = why
+            return f"* {why}; reconnecting"
+        if state == "closed":
+            # A refused hello ends the run with the one line main() prints for it.
+            reason = str(event.get("reason", ""))
+            if _HELLO_REFUSED.match(reason):
+                return None
+            return f"* closed: {reason}"
+        return render(event, self.room)
 
 
 def render(event: Event, room: str) -> str | None:
@@ -79,9 +180,9 @@ def _out(line: str) -> None:
     print(line, flush=True)
 
 
-async def _show(client: ChatClient, room: str) -> None:
+async def _show(client: ChatClient, printer: Printer) -> None:
     async for event in client.events():
-        line = render(event, room)
+        line = printer.line(event)
         if line is not None:
             _out(line)
 
@@ -129,19 +230,33 @@ async def run(args: argparse.Namespace) -> int:
     client = ChatClient(args.url, args.nick, token=args.token)
     # Set by a signal, or when the event stream ends: the client closed for good.
     stop = asyncio.Event()
+    signalled: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signalled.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    shown = asyncio.create_task(_show(client, args.room), name="show")
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    def ended() -> int:
+        # Stopping the connect on a signal closes the client too: that is not the
+        # server ending the session.
+        return EXIT_CLOSED if client.closed and not signalled else 0
+
+    shown = asyncio.create_task(_show(client, Printer(args.room, args.url)), name="show")
     shown.add_done_callback(lambda _: stop.set())
     says: set[asyncio.Task[None]] = set()
     try:
         try:
             if await _unless(stop, client.connect()) is None:
-                return EXIT_CLOSED if client.closed else 0
+                return ended()
             if await _unless(stop, client.join(args.room)) is None:
-                return EXIT_CLOSED if client.closed else 0
+                return ended()
         except ChatError as err:
-            _out(f"! {err}")
+            # Once, in words: the `closed` status for it is not printed (Printer).
+            refused = _HELLO_REFUSED.match(err.message)
+            _out(refusal(refused["code"], refused["message"]) if refused else f"! {err}")
             return EXIT_CLOSED
         lines: asyncio.Queue[str | None] = asyncio.Queue()
         threading.Thread(target=_read_stdin, args=(loop, lines), daemon=True).start()
@@ -152,7 +267,7 @@ async def run(args: argparse.Namespace) -> int:
                 says.add(task)
                 task.add_done_callback(says.discard)
         if stop.is_set():
-            return EXIT_CLOSED if client.closed else 0
+            return ended()
         # End of input: what was typed should still reach the room.
         if says:
             await _unless(stop, asyncio.wait(set(says), timeout=ACK_WAIT))
@@ -168,7 +283,7 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level,
+        level=args.log_level or ("INFO" if args.verbose else "ERROR"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

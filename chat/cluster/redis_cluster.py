@@ -462,6 +462,7 @@ class RedisCluster:
                 self._confirm.clear()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), self.link.timeout)
+            _stop_if_cancelled()
             await asyncio.sleep(wait * (0.5 + random.random() / 2))
             wait = min(RECONNECT_MAX, wait * 2)
 
@@ -543,6 +544,7 @@ class RedisCluster:
                 pass
             except Exception:
                 logger.exception("renewing this node's lease failed; trying again")
+            _stop_if_cancelled()
 
     async def _maintain(self) -> None:
         """Probe, check positions, finish pending session ends, reap dead nodes."""
@@ -575,6 +577,7 @@ class RedisCluster:
                 pass
             except Exception:
                 logger.exception("redis upkeep failed; trying again")
+            _stop_if_cancelled()
 
     def _probe(self) -> None:
         """Publish to ourselves: a subscription that died silently never hears it back."""
@@ -637,6 +640,17 @@ class RedisCluster:
         err = task.exception()
         if err is not None and not isinstance(err, BackendUnavailable):
             logger.error("redis background task failed", exc_info=err)
+
+
+def _stop_if_cancelled() -> None:
+    """Leave a retry loop that was asked to stop.
+
+    A library may turn the cancellation of a read into an error of its own, which the
+    loop would take for a Redis problem and retry for ever: stopping would then hang.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _str(value: Any) -> str:

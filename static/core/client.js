@@ -10,10 +10,10 @@
 //   connecting  socket opening, or `hello` sent and no `welcome` yet
 //   open        socket up, waiting for the person to pick a (new) nick or token
 //   ready       welcomed
-//   waiting     back-off timer running before the next attempt
+//   waiting     back-off timer running before the next attempt; healthz probed meanwhile
 //   parked      not trying on our own (replaced by another tab, unauthorised)
 
-import { afterClose, backoffDelay, restartDelay } from './backoff.js';
+import { afterClose, afterProbeDelay, backoffDelay, probeDelay, restartDelay } from './backoff.js';
 import { DEFAULT_HEARTBEAT, readHeartbeat, tickPeriod, watch } from './heartbeat.js';
 import { JoinPacer } from './joins.js';
 import { sameNick } from './nick.js';
@@ -59,6 +59,11 @@ export class ChatCore {
     this.historySent = [];     // rooms of `history` requests waiting for their answer
     this.lastTypingAt = -Infinity;
     this.timers = new Map();   // name -> timer id
+    this.parkReason = null;    // 'replaced' or 'unauthorized' while parked
+    // A probe that finds the server up may cut the back-off short (see onProbe).
+    this.probeArmed = true;
+    this.attemptFromProbe = false;
+    this.probeSeq = 0;         // answers of probes older than the current wait are ignored
   }
 
   now() { return this.env.now(); }
@@ -86,38 +91,52 @@ export class ChatCore {
 
   // ------------------------------------------------------------------ status
 
-  /** What the status line says, and whether "Reconnect now" is offered. */
+  /**
+   * What the status line says. `text` names the state only: it goes into a live region,
+   * and a screen reader must hear it when the state changes, not every second or after
+   * every pong. `detail` (a countdown, the round trip) is shown beside it, outside the
+   * live region. `reconnect`: whether "Reconnect now" is offered.
+   */
   status() {
     const now = this.now();
-    const reconnect = this.phase === 'waiting' || this.phase === 'parked'
-      || (this.phase === 'connecting' && this.comingBack());
+    const tokenRefused = this.phase === 'parked' && this.parkReason === 'unauthorized';
+    // A refused token is not made valid by trying again: the person needs a new one.
+    const reconnect = !tokenRefused && (this.phase === 'waiting' || this.phase === 'parked'
+      || (this.phase === 'connecting' && this.comingBack()));
     const unavailable = now < this.unavailableUntil
       && (this.phase === 'ready' || this.phase === 'connecting');
+    const [text, detail] = this.statusText(now, unavailable, tokenRefused);
     return {
-      text: this.statusText(now, unavailable),
+      text,
+      detail,
       reconnect,
-      trouble: now < this.stuckUntil || reconnect || unavailable,
+      trouble: now < this.stuckUntil || reconnect || unavailable || tokenRefused,
       phase: this.phase,
     };
   }
 
-  statusText(now, unavailable) {
-    if (this.offline) return 'offline';
+  statusText(now, unavailable, tokenRefused) {
+    const seconds = (at) => `in ${Math.max(1, Math.ceil((at - now) / 1000))} s`;
+    if (this.offline) return ['offline', ''];
     // Shown for a few seconds even if the reconnect is quicker, so the hiccup can be read.
-    if (now < this.stuckUntil) return 'server not responding';
-    if (unavailable) {
-      return `server unavailable, retrying in ${Math.max(1, Math.ceil((this.unavailableUntil - now) / 1000))} s`;
-    }
+    if (now < this.stuckUntil) return ['server not responding', ''];
+    if (unavailable) return ['server unavailable, retrying', seconds(this.unavailableUntil)];
     switch (this.phase) {
       case 'ready':
+        return ['connected', this.rtt == null ? '' : `RTT ${Math.round(this.rtt)} ms`];
       case 'open':
-        return this.rtt == null ? 'connected' : `connected (RTT ${Math.round(this.rtt)} ms)`;
+        // The socket is up but no `welcome`: nobody is signed in yet.
+        return ['signed out', ''];
       case 'connecting':
-        return this.comingBack() ? 'reconnecting…' : 'connecting…';
+        // One word for the attempt and the wait between attempts, so that the live
+        // region does not speak at every try.
+        return this.comingBack() ? ['reconnecting', 'now…'] : ['connecting…', ''];
       case 'waiting':
-        return `reconnecting in ${Math.max(1, Math.ceil((this.retryAt - now) / 1000))} s`;
+        return ['reconnecting', seconds(this.retryAt)];
+      case 'parked':
+        return tokenRefused ? ['signed out: token refused', ''] : ['disconnected', ''];
       default:
-        return 'offline';
+        return ['offline', ''];
     }
   }
 
@@ -131,8 +150,12 @@ export class ChatCore {
     this.connect();
   }
 
-  connect() {
+  connect(fromProbe = false) {
     this.cancel('retry');
+    this.cancel('probe');
+    this.probeSeq += 1;
+    this.attemptFromProbe = fromProbe;
+    this.parkReason = null;
     this.dropSocket();
     let ws;
     try {
@@ -176,7 +199,9 @@ export class ChatCore {
     this.ws = null;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     try { ws.close(); } catch { /* already closing */ }
-    for (const name of [...this.timers.keys()]) if (name !== 'tick' && name !== 'retry') this.cancel(name);
+    for (const name of [...this.timers.keys()]) {
+      if (name !== 'tick' && name !== 'retry' && name !== 'probe') this.cancel(name);
+    }
     this.rtt = null;
     this.joins = null;
     this.historySent = [];
@@ -198,13 +223,51 @@ export class ChatCore {
     this.phase = 'waiting';
     this.retryAt = this.now() + delayMs;
     this.later('retry', delayMs, () => this.connect());
+    // An attempt that a probe started and that failed anyway: the probe's "up" says
+    // nothing about the socket (a proxy that drops upgrades, say), so only an "up"
+    // after a failed probe (the server went and came back) may cut the wait short.
+    this.probeArmed = !this.attemptFromProbe;
+    this.scheduleProbe();
     this.emit('status');
+  }
+
+  // While waiting, ask the server's healthz now and then (cheap, no session, no
+  // upgrade): a restarted server is found within about PROBE_EVERY, however wide the
+  // back-off window has grown. The back-off still spaces the real attempts out.
+  scheduleProbe() {
+    this.cancel('probe');
+    if (!this.env.probe || this.phase !== 'waiting') return;
+    const wait = probeDelay(this.env.random);
+    if (this.retryAt - this.now() <= wait) return; // the attempt itself comes first
+    const seq = this.probeSeq;
+    this.later('probe', wait, () => {
+      if (this.offline) {
+        this.scheduleProbe();
+        return;
+      }
+      this.env.probe((ok) => this.onProbe(seq, ok));
+    });
+  }
+
+  onProbe(seq, ok) {
+    if (seq !== this.probeSeq || this.phase !== 'waiting') return; // a stale answer
+    if (ok && this.probeArmed) {
+      this.cancel('retry');
+      this.retryAt = this.now() + afterProbeDelay(this.env.random);
+      this.later('retry', this.retryAt - this.now(), () => this.connect(true));
+      this.emit('status');
+      return;
+    }
+    if (!ok) this.probeArmed = true;
+    this.scheduleProbe();
   }
 
   park(reason) {
     this.dropSocket();
     this.cancel('retry');
+    this.cancel('probe');
     this.phase = 'parked';
+    this.parkReason = reason;
     this.emit('parked', reason);
     this.emit('status');
   }
@@ -352,6 +415,7 @@ export class ChatCore {
     const now = this.now();
     this.phase = 'ready';
     this.attempt = 0;
+    this.attemptFromProbe = false;
     this.session = f.session;
     this.welcomed = true;
     this.me = f.nick;
@@ -415,6 +479,7 @@ export class ChatCore {
     room.accept(m.id);
     if (entry && entry.room === room.name && sameNick(m.nick, this.me)) {
       this.outbox.delete(entry.cid);
+      this.emit('outboxChanged');
       return { message: m, entry };
     }
     return { message: m, entry: null };
@@ -425,6 +490,7 @@ export class ChatCore {
     const entry = this.outbox.get(f.cid);
     if (!entry) return; // the `message` came first and settled it already
     this.outbox.delete(entry.cid);
+    this.emit('outboxChanged');
     const room = this.rooms.get(entry.room);
     if (room) {
       const fresh = room.accept(f.id); // false: on screen already (replayed by `joined`)
@@ -579,6 +645,7 @@ export class ChatCore {
       this.emit('sayRetrying', entry, f.code);
     } else {
       this.outbox.delete(entry.cid);
+      this.emit('outboxChanged');
       this.emit('sayFailed', entry, f);
     }
     this.pump();
@@ -642,9 +709,28 @@ export class ChatCore {
   say(roomName, text) {
     const entry = this.outbox.add(this.env.newCid(), roomName, text);
     this.emit('sayQueued', entry);
+    this.emit('outboxChanged');
     this.pump();
     return entry;
   }
+
+  /**
+   * Messages kept across a reload (Outbox.snapshot, from the tab's storage): shown as
+   * pending again and sent with their own cids once their rooms are joined, so that
+   * each is delivered exactly once, whether or not the server had stored it already.
+   */
+  restorePending(saved) {
+    const added = this.outbox.restore(saved);
+    for (const entry of added) {
+      this.addRoom(entry.room);
+      this.emit('sayQueued', entry);
+    }
+    if (added.length) this.pump();
+    return added;
+  }
+
+  /** Whether anything typed is not yet acknowledged (a reload or close would risk it). */
+  hasPending() { return this.outbox.entries.size > 0; }
 
   /** Add a room (joined now if welcomed, else after `welcome`); the Room. */
   addRoom(name) {
@@ -674,7 +760,7 @@ export class ChatCore {
     if (!room) return;
     this.rooms.delete(name);
     this.cancel(`history:${name}`);
-    this.outbox.dropRoom(name);
+    if (this.outbox.dropRoom(name).length) this.emit('outboxChanged');
     this.emit('roomRemoved', room);
   }
 

@@ -68,6 +68,31 @@ export class Outbox {
     for (const entry of this.entries.values()) if (entry.status === 'sent') entry.status = 'queued';
   }
 
+  /**
+   * What a reload must not lose: every message not yet acknowledged, in typing order,
+   * with its cid (sent again with it, the server's dedup makes the delivery exactly once).
+   */
+  snapshot() {
+    return [...this.entries.values()].map(({ cid, room, text }) => ({ cid, room, text }));
+  }
+
+  /**
+   * Take back a snapshot (from storage, so checked: anything malformed is skipped).
+   * Returns the entries added, each queued to be sent again.
+   */
+  restore(saved) {
+    if (!Array.isArray(saved)) return [];
+    const added = [];
+    for (const item of saved) {
+      if (!item || typeof item !== 'object') continue;
+      const { cid, room, text } = item;
+      if (typeof cid !== 'string' || !cid || [...cid].length > 64 || this.entries.has(cid)) continue;
+      if (typeof room !== 'string' || typeof text !== 'string' || !text) continue;
+      added.push(this.add(cid, room, text));
+    }
+    return added;
+  }
+
   /** Forget the says of a room that was left; returns them. */
   dropRoom(name) {
     const dropped = [...this.entries.values()].filter((e) => e.room === name);

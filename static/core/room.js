@@ -99,3 +99,22 @@ export class Room {
     return false;
   }
 }
+
+/**
+ * The room `step` places from `current` in `names` (the sidebar's order), wrapping
+ * around: Alt+Up is -1, Alt+Down +1. Null when there is nowhere to go.
+ */
+export function neighbourRoom(names, current, step) {
+  if (!names.length) return null;
+  const at = names.indexOf(current);
+  if (at < 0) return names[0];
+  const next = names[(at + step + names.length * Math.abs(step)) % names.length];
+  return next === current ? null : next;
+}
+
+/** The quiet line a `presence` puts in the log. */
+export function presenceLine(f) {
+  if (f.event === 'join') return `${f.nick} joined`;
+  const why = { timeout: ' (connection lost)', closed: ' (disconnected)' }[f.reason] || '';
+  return `${f.nick} left${why}`;
+}

@@ -30,7 +30,8 @@ test('the page pings every interval and drops a server silent for timeout', () =
   t.clock.advance(10_000);
   assert.equal(ws.take('ping').length, 1);
   ws.receive({ type: 'pong', t: t.clock.t - 12, ts: 0 });
-  assert.equal(t.core.status().text, 'connected (RTT 12 ms)');
+  assert.equal(t.core.status().text, 'connected');
+  assert.equal(t.core.status().detail, 'RTT 12 ms');
   t.clock.advance(29_900); // 29.9 s after the pong
   assert.equal(ws.closed, false);
   t.clock.advance(400);

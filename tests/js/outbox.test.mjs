@@ -23,7 +23,8 @@ for (const code of ['unavailable', 'rate_limited']) {
     assert.deepEqual(t.named('sayRetrying').at(-1), ['sayRetrying', entry, code]);
     assert.ok(t.core.outbox.has(entry.cid));
     if (code === 'unavailable') {
-      assert.equal(t.core.status().text, 'server unavailable, retrying in 2 s');
+      assert.equal(t.core.status().text, 'server unavailable, retrying');
+      assert.equal(t.core.status().detail, 'in 2 s');
       assert.equal(t.core.status().trouble, true);
     }
     t.clock.advance(1990);
@@ -84,4 +85,49 @@ test('the outbox pauses every say until the latest retry_after, in order', () =>
   assert.equal(retryAfter({ retry_after: 0.5 }), 500);
   assert.equal(retryAfter({}), 1000);
   assert.equal(box.next(0, () => false), null);
+});
+
+test('the outbox survives a reload: a snapshot taken back is sent again with the same cids', () => {
+  const { t, ws } = ready();
+  const a = t.core.say('lobby', 'one');
+  t.core.say('dev', 'two'); // a room the page is not in: kept, the room is joined again
+  ws.take('say');
+  const saved = JSON.parse(JSON.stringify(t.core.outbox.snapshot()));
+  assert.deepEqual(saved.map((e) => e.cid), [a.cid, 'c2']);
+  assert.ok(t.named('outboxChanged').length >= 2);
+
+  const after = makeCore();
+  after.core.addRoom('lobby');
+  const restored = after.core.restorePending([...saved, { cid: 5 }, null, { cid: 'x', room: 'lobby', text: '' }]);
+  assert.equal(restored.length, 2, 'malformed entries are skipped');
+  assert.deepEqual([...after.core.rooms.keys()], ['lobby', 'dev']);
+  assert.equal(after.named('sayQueued').length, 2);
+  assert.equal(after.core.hasPending(), true);
+  after.core.start();
+  const ws2 = after.socket();
+  ws2.open();
+  ws2.receive({ type: 'welcome', session: 's', nick: 'alice', rooms: [] });
+  answerJoins(ws2);
+  after.clock.advance(1000);
+  assert.deepEqual(ws2.take('say').map((f) => [f.cid, f.room, f.text]), [
+    [a.cid, 'lobby', 'one'], ['c2', 'dev', 'two'],
+  ]);
+  // The replay of `joined` may already hold one that was stored before the reload.
+  ws2.receive({ type: 'ack', cid: a.cid, room: 'lobby', id: 1, ts: 1 });
+  ws2.receive({ type: 'ack', cid: 'c2', room: 'dev', id: 1, ts: 1 });
+  assert.equal(after.core.hasPending(), false);
+  assert.deepEqual(after.core.outbox.snapshot(), []);
+});
+
+test('a message stored before the reload settles from the replay and is not sent again', () => {
+  const t = makeCore();
+  t.core.addRoom('lobby');
+  t.core.restorePending([{ cid: 'k1', room: 'lobby', text: 'hi' }]);
+  const ws = welcomed(t, []);
+  const [join] = ws.take('join');
+  ws.receive({ type: 'joined', room: join.room, epoch: 'e1', members: ['alice'], complete: true,
+    messages: [{ type: 'message', room: 'lobby', id: 7, nick: 'alice', text: 'hi', ts: 1, cid: 'k1' }] });
+  t.clock.advance(1000);
+  assert.deepEqual(ws.take('say'), []);
+  assert.equal(t.core.hasPending(), false);
 });

@@ -53,7 +53,8 @@ test('hello answered unavailable is sent again after retry_after, and the person
   ws.open();
   assert.equal(ws.take('hello').length, 1);
   ws.receive({ type: 'error', code: 'unavailable', message: 'no redis', ref: 'hello', retry_after: 2 });
-  assert.equal(t.core.status().text, 'server unavailable, retrying in 2 s');
+  assert.equal(t.core.status().text, 'server unavailable, retrying');
+  assert.equal(t.core.status().detail, 'in 2 s');
   assert.deepEqual(t.named('helloRefused'), [], 'not a refused nick');
   t.clock.advance(1999);
   assert.deepEqual(ws.take('hello'), []);

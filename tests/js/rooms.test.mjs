@@ -60,3 +60,22 @@ test('presence keeps members sorted by folded nick', () => {
   assert.equal(room.presence({ event: 'leave', nick: 'BOB', reason: 'left' }), true);
   assert.deepEqual(room.members, ['alice', 'Ärger']);
 });
+
+test('Alt+Up and Alt+Down go to the neighbouring room, wrapping around', async () => {
+  const { neighbourRoom } = await import('../../static/core/room.js');
+  const names = ['lobby', 'dev', 'ops'];
+  assert.equal(neighbourRoom(names, 'lobby', 1), 'dev');
+  assert.equal(neighbourRoom(names, 'ops', 1), 'lobby');
+  assert.equal(neighbourRoom(names, 'lobby', -1), 'ops');
+  assert.equal(neighbourRoom(['lobby'], 'lobby', 1), null);
+  assert.equal(neighbourRoom([], null, 1), null);
+  assert.equal(neighbourRoom(names, null, -1), 'lobby');
+});
+
+test('presence becomes one quiet line, with the reason for a lost connection', async () => {
+  const { presenceLine } = await import('../../static/core/room.js');
+  assert.equal(presenceLine({ event: 'join', nick: 'bob' }), 'bob joined');
+  assert.equal(presenceLine({ event: 'leave', nick: 'bob', reason: 'left' }), 'bob left');
+  assert.equal(presenceLine({ event: 'leave', nick: 'bob', reason: 'timeout' }), 'bob left (connection lost)');
+  assert.equal(presenceLine({ event: 'leave', nick: 'bob', reason: 'closed' }), 'bob left (disconnected)');
+});

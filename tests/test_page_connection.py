@@ -1,0 +1,188 @@
+"""The page's sign-in, focus and reconnection in headless Chromium against `python -m chat`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, expect
+from playwright.async_api import Error as PlaywrightError
+
+from tests.browser import (
+    CONFIG,
+    CONNECTED,
+    ChatPage,
+    OpenPage,
+    browser_fixture,  # noqa: F401 (fixtures, found by pytest under their names)
+    open_page_fixture,  # noqa: F401
+    server_fixture,  # noqa: F401
+    servers_fixture,  # noqa: F401
+    start_server,
+)
+from tests.conftest import Peer
+from tests.serverproc import ServerProcess, write_config
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+FOUND_WITHIN: Final = 2.5  # s after the server listens again: "about 2 s", and a margin
+OUTAGE: Final = 6.0  # s the server stays down: long enough for the back-off to widen
+
+# Records every write to the live status region (runs before the page's scripts).
+_STATUS_WATCH: Final = """
+window.__statusTexts = [];
+document.addEventListener('DOMContentLoaded', () => {
+  const s = document.getElementById('status');
+  new MutationObserver(() => window.__statusTexts.push(s.textContent))
+    .observe(s, { subtree: true, childList: true, characterData: true });
+});
+"""
+
+
+async def active_id(page: ChatPage) -> str:
+    result: str = await page.page.evaluate("document.activeElement && document.activeElement.id")
+    return result
+
+
+async def test_signed_out_until_welcome_and_focus_follows_sign_in_and_rooms(
+    open_page: OpenPage,
+) -> None:
+    """Signed out until welcome; the message box has the focus after sign-in, join and leave."""
+    alice = await open_page()
+    page = alice.page
+    await expect(alice.status).to_have_text("signed out")
+    await expect(page.get_by_role("button", name="Reconnect now")).to_be_hidden()
+    await page.get_by_label("Nick", exact=True).fill("alice")
+    await page.get_by_label("Nick", exact=True).press("Enter")
+    await alice.joined("alice")
+    await expect(page.locator("#text")).to_be_focused()
+
+    await page.get_by_label("Join room").fill("dev")
+    await page.get_by_label("Join room").press("Enter")
+    await expect(page.locator("#room-title")).to_have_text("#dev")
+    await expect(page.locator("#text")).to_be_focused()
+    await page.get_by_role("button", name="Leave #dev").click()
+    await expect(page.locator("#room-title")).to_have_text("#lobby")
+    await expect(page.locator("#text")).to_be_focused()
+    alice.assert_no_page_errors()
+
+
+async def test_a_refused_token_says_so_and_offers_no_reconnect(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """A refused token: the status says so and "Reconnect now" is not offered."""
+    token_dir = tmp_path / "token-mode"
+    token_dir.mkdir()
+    secret = "browser-test-secret-of-32-bytes-at-least"
+    write_config(token_dir, {**CONFIG, "auth": {"secret": secret}})
+    server = start_server(token_dir)
+    servers.append(server)
+    carol = await ChatPage.open(browser, f"{server.url}/#token=not-a-token")
+    try:
+        await expect(carol.status).to_have_text("signed out: token refused")
+        await expect(carol.page.locator("#nick-error")).to_contain_text("refused this token")
+        await expect(carol.page.get_by_role("button", name="Reconnect now")).to_be_hidden()
+        await expect(carol.page.locator("#token")).to_be_focused()
+        carol.assert_no_page_errors()
+    finally:
+        await carol.close()
+
+
+async def test_a_restarted_server_is_found_within_about_two_seconds(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """After a long outage the page is back within ~2 s of the server listening again."""
+    db_dir = tmp_path / "sqlite"
+    db_dir.mkdir()
+    history = {"backend": "sqlite", "path": str(db_dir / "chat.db")}
+    write_config(db_dir, {**CONFIG, "history": history})
+    first = start_server(db_dir)
+    servers.append(first)
+    alice = await ChatPage.open(browser, first.url + "/")
+    try:
+        await alice.page.add_init_script(_STATUS_WATCH)
+        await alice.sign_in("alice")
+        await alice.say("before the crash")
+        await alice.page.reload()  # so that the status watcher runs from the start
+        await alice.joined("alice")
+
+        first.kill()  # a crash: no 1001, the page falls back to its back-off
+        await expect(alice.status).to_have_text("reconnecting")
+        await asyncio.sleep(OUTAGE)  # the back-off windows grow meanwhile
+        await expect(alice.status).to_have_text("reconnecting")
+        detail = await alice.page.locator("#status-detail").text_content()
+        assert detail is not None and detail.startswith("in "), detail
+        second = start_server(db_dir, port=first.port)  # returns once it listens
+        listening = time.monotonic()
+        servers.append(second)
+        await expect(alice.status).to_have_text(CONNECTED, timeout=FOUND_WITHIN * 1000)
+        assert time.monotonic() - listening < FOUND_WITHIN
+        await alice.see("before the crash")  # same epoch: nothing shown twice
+        await alice.say("after the restart")
+
+        # The live region spoke at each change of state, never for a countdown or an RTT.
+        texts = await alice.page.evaluate("window.__statusTexts")
+        changes = [t for i, t in enumerate(texts) if i == 0 or texts[i - 1] != t]
+        assert changes[-2:] == ["reconnecting", "connected"], changes
+        assert len(texts) == len(changes), texts
+        alice.assert_no_page_errors()
+    finally:
+        await alice.close()
+
+
+async def test_a_message_queued_while_down_survives_a_reload_and_arrives_once(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Typed while the server is down, then a reload and a restart: delivered exactly once."""
+    db_dir = tmp_path / "sqlite"
+    db_dir.mkdir()
+    write_config(db_dir, {**CONFIG, "history": {"backend": "sqlite", "path": str(db_dir / "db")}})
+    first = start_server(db_dir)
+    servers.append(first)
+    alice = await ChatPage.open(browser, first.url + "/")
+    bob = await ChatPage.open(browser, first.url + "/")
+    try:
+        await asyncio.gather(alice.sign_in("alice"), bob.sign_in("bob"))
+        first.send_signal(signal.SIGTERM)
+        assert await first.wait_async(within=5) == 0
+        await expect(alice.status).to_have_text("reconnecting")
+        await alice.type_message("kept over the reload")
+        await expect(alice.pending).to_have_count(1)
+        # While something is pending the page asks before the tab goes.
+        asks = await alice.page.evaluate(
+            "() => { const e = new Event('beforeunload', {cancelable: true});"
+            " window.dispatchEvent(e); return e.defaultPrevented; }"
+        )
+        assert asks is True
+        with contextlib.suppress(PlaywrightError):  # the server is down: an error page
+            await alice.page.reload()
+        assert [d.split(":")[0] for d in alice.dialogs] == ["beforeunload"]
+        alice.dialogs.clear()
+
+        second = start_server(db_dir, port=first.port)
+        servers.append(second)
+        await alice.page.goto(second.url + "/")
+        await alice.joined("alice")
+        await alice.see("kept over the reload")
+        await expect(alice.pending).to_have_count(0)
+        await bob.joined("bob")
+        await bob.see("kept over the reload")
+        stored = await alice.page.evaluate("sessionStorage.getItem('chat.outbox')")
+        assert stored is None
+        # Exactly once in the store, as a newcomer's replay shows it.
+        async with aiohttp.ClientSession() as http, http.ws_connect(second.ws_url) as ws:
+            carol = Peer(ws)
+            await carol.hello("carol")
+            joined = await carol.join("lobby")
+        texts = [m["text"] for m in joined["messages"]]
+        assert texts.count("kept over the reload") == 1, texts
+        for page in (alice, bob):
+            page.assert_no_page_errors()
+    finally:
+        await alice.close()
+        await bob.close()

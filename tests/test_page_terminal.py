@@ -1,0 +1,168 @@
+"""The terminal client's output (`python -m chat.client`), run against a real `python -m chat`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+import pytest_asyncio
+
+from chat.client.__main__ import connect_failure
+from tests.redisproc import free_port
+from tests.serverproc import ServerProcess, server_env, write_config
+
+ROOT: Final = Path(__file__).parents[1]
+DEADLINE: Final = 8.0  # s: the most any wait for a line may take
+FAST: Final = {
+    "heartbeat": {"interval": 0.3, "timeout": 1.0},
+    "cleanup": {"interval": 0.1},
+    "history": {"backend": "memory"},
+    "server": {"shutdown_timeout": 2},
+}
+
+
+class Terminal:
+    """One `python -m chat.client` child: its stdout lines as they come, stderr at the end."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.stderr = ""
+
+    async def until(self, done: Callable[[list[str]], bool], within: float = DEADLINE) -> None:
+        """Read stdout lines until `done(lines)` holds (fails after `within` seconds)."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(within):
+            while not done(self.lines):
+                line = await self.proc.stdout.readline()
+                if not line:
+                    break
+                self.lines.append(line.decode().rstrip("\n"))
+        assert done(self.lines), self.lines
+
+    async def finish(self, sig: int | None = signal.SIGTERM) -> int:
+        """Signal the child (or let it end), collect the rest; its exit code."""
+        if sig is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        out, err = await asyncio.wait_for(self.proc.communicate(), DEADLINE)
+        self.lines += out.decode().splitlines()
+        self.stderr = err.decode()
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+StartTerminal = Callable[..., Awaitable[Terminal]]
+
+
+@pytest_asyncio.fixture
+async def terminal() -> AsyncIterator[StartTerminal]:
+    """Start `python -m chat.client ARGS`; every child is killed at the end."""
+    started: list[Terminal] = []
+
+    async def start(*args: str) -> Terminal:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chat.client", *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=server_env(), cwd=ROOT,
+        )  # fmt: skip
+        started.append(Terminal(proc))
+        return started[-1]
+
+    yield start
+    for term in started:
+        if term.proc.returncode is None:
+            term.proc.kill()
+            await term.proc.communicate()
+
+
+def count(lines: list[str], text: str) -> int:
+    return sum(text in line for line in lines)
+
+
+def test_connect_failures_are_put_in_words() -> None:
+    """aiohttp's connect errors become one short reason, never an empty one."""
+    url = "ws://127.0.0.1:9/ws"
+    assert connect_failure("cannot connect: ", url) == "no answer from 127.0.0.1:9 (timed out)"
+    refused = "cannot connect: Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ('127.0.0.1', 9)]"  # noqa: E501
+    assert connect_failure(refused, url) == (
+        "127.0.0.1:9 refused the connection (is the server running?)"
+    )
+    unknown = (
+        "cannot connect: Cannot connect to host nohost:80 ssl:default [Name or service not known]"
+    )
+    assert connect_failure(unknown, "ws://nohost/ws") == "unknown host nohost"
+    http = "cannot connect: 404, message='Invalid response status', url='ws://127.0.0.1:9/x'"
+    assert "answered HTTP 404" in connect_failure(http, url)
+
+
+async def test_a_server_that_is_not_there_is_reported_once_in_words(
+    terminal: StartTerminal,
+) -> None:
+    """No server: one line with the real reason, not one per attempt, and no log lines."""
+    url = f"ws://127.0.0.1:{free_port()}/ws"
+    term = await terminal("--url", url, "--nick", "alice")
+    await term.until(lambda lines: count(lines, "refused the connection") >= 1)
+    await asyncio.sleep(2.5)  # several more attempts fail meanwhile
+    assert await term.finish() == 0
+    assert count(term.lines, "refused the connection") == 1, term.lines
+    assert not any("Cannot connect to host" in line for line in term.lines), term.lines
+    assert not any(line.rstrip().endswith("cannot connect:") for line in term.lines)
+    assert term.stderr == ""
+
+
+async def test_a_taken_nick_is_reported_once_and_exits_1(
+    terminal: StartTerminal, tmp_path: Path
+) -> None:
+    """A taken nick: exactly one line saying so and what to do; exit status 1."""
+    write_config(tmp_path, FAST)
+    with ServerProcess("--config", str(tmp_path / "config.yaml")) as server:
+        alice = await terminal("--url", server.ws_url, "--nick", "alice")
+        await alice.until(lambda lines: count(lines, "* connected as alice") == 1)
+        again = await terminal("--url", server.ws_url, "--nick", "ALICE")
+        assert await again.finish(sig=None) == 1
+        assert again.lines == ["! the nick 'ALICE' is in use: choose another with --nick"]
+        assert again.stderr == ""
+        assert await alice.finish() == 0
+
+
+async def test_a_restart_is_three_clear_lines_and_logs_only_with_verbose(
+    terminal: StartTerminal, tmp_path: Path
+) -> None:
+    """A restart reads: restarting, refused (once), connected; --verbose adds log records."""
+    write_config(tmp_path, FAST)
+    config = str(tmp_path / "config.yaml")
+    first = ServerProcess("--config", config)
+    first.start()
+    try:
+        quiet = await terminal("--url", first.ws_url, "--nick", "alice")
+        loud = await terminal("--url", first.ws_url, "--nick", "bob", "--verbose")
+        for term, nick in ((quiet, "alice"), (loud, "bob")):
+            await term.until(lambda lines, nick=nick: count(lines, f"* connected as {nick}") == 1)
+        first.send_signal(signal.SIGTERM)
+        assert await first.wait_async(within=5) == 0
+        await asyncio.sleep(2.0)  # down for a while: attempts fail and are not each told
+        started = time.monotonic()
+        with ServerProcess("--config", config, port=first.port):
+            for term in (quiet, loud):
+                await term.until(lambda lines: count(lines, "* connected as") == 2)
+            assert time.monotonic() - started < DEADLINE
+            codes = [await term.finish() for term in (quiet, loud)]
+    finally:
+        first.close()
+    assert codes == [0, 0]
+    # The connection's story, without the room's own lines (members, presence, reset).
+    told = [line for line in quiet.lines if "connected as" in line or "reconnecting" in line]
+    assert told == [
+        "* connected as alice (new session)",
+        "* the server is restarting; reconnecting",
+        f"* 127.0.0.1:{first.port} refused the connection (is the server running?); reconnecting",
+        "* connected as alice (new session)",  # a memory server: the session is gone
+    ], quiet.lines
+    assert count(quiet.lines, "refused the connection") == 1
+    assert quiet.stderr == ""
+    assert " INFO chat.client: connected as bob" in loud.stderr, loud.stderr
