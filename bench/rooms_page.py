@@ -20,6 +20,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from chat.history import NewMessage  # noqa: E402
 from chat.history.sqlite import SqliteHistory  # noqa: E402
 from tests.serverproc import ServerProcess, server_env, write_config  # noqa: E402
 
@@ -27,7 +28,7 @@ from tests.serverproc import ServerProcess, server_env, write_config  # noqa: E4
 async def create(path: Path, rooms: int) -> None:
     store = SqliteHistory(str(path), 10)
     await store.open()
-    await asyncio.gather(*(store.append(f"room-{n:06d}", "bot", "bot", "x", None, 0)
+    await asyncio.gather(*(store.append(NewMessage(f"room-{n:06d}", "bot", "bot", "x", None, 0))
                            for n in range(rooms)))
     await store.close()
 

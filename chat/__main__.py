@@ -1,7 +1,7 @@
-"""Command line.
+"""Command line (`chat` once installed, or `python -m chat`).
 
-    python -m chat [--config PATH] [--host HOST] [--port PORT] [--log-level LEVEL]
-    python -m chat token NICK [--config PATH] [--rooms a,b] [--ttl SECONDS]
+    chat [--config PATH] [--host HOST] [--port PORT] [--log-level LEVEL]
+    chat token NICK [--config PATH] [--rooms a,b] [--ttl SECONDS]
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import time
@@ -41,9 +42,21 @@ def _port(text: str) -> int:
     return port
 
 
+def _prog() -> str:
+    """The name the user typed: `chat` for the installed script, `python -m chat` for -m."""
+    # argparse's default is the basename of sys.argv[0], which under -m is __main__.py.
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m chat" if name in ("", "__main__.py", "-c") else name
+
+
 def _parser() -> argparse.ArgumentParser:
+    prog = _prog()
     parser = argparse.ArgumentParser(
-        prog="python -m chat", description="Run the chat server."
+        prog=prog,
+        description="Run the chat server.",
+        epilog=f"commands:\n  {prog} token NICK [--config PATH] [--rooms a,b] [--ttl SECONDS]\n"
+        f"      print a signed token for NICK (token mode; see `{prog} token --help`)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML configuration file (default: $CHAT_CONFIG, "
                         "else ./config.yaml if present, else built-in defaults)")
@@ -114,7 +127,7 @@ async def serve(
 
 def _token_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m chat token", description="Print a token for NICK (token mode)."
+        prog=f"{_prog()} token", description="Print a token for NICK (token mode)."
     )
     parser.add_argument("nick")
     parser.add_argument("--config", help="YAML configuration file holding auth.secret")

@@ -15,15 +15,14 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from chat import auth, protocol
 from chat.cluster import Claim, Cluster
 from chat.config import Config
-from chat.connection import Connection
-from chat.history import HistoryStore, Message
+from chat.history import HistoryStore, Message, NewMessage
 from chat.metrics import Metrics
-from chat.protocol import Close, Invalid
+from chat.protocol import Close, ErrorCode, Invalid
 from chat.ratelimit import TokenBucket
 from chat.settings import settings_fields
 
@@ -41,7 +40,38 @@ DROPPED: Final = Dropped()
 
 Outcome = Invalid | Dropped | None
 
-ROOM_INVALID: Final = Invalid("room_invalid", "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None)
+ROOM_INVALID: Final = Invalid(
+    ErrorCode.ROOM_INVALID, "a room name is 1 to 32 of a-z, 0-9, '_', '-'", None
+)
+
+
+class Receiver(Protocol):
+    """What the hub uses of a connection (chat.connection.Connection is the real one).
+
+    The hub never awaits a receiver: `send` and `send_room` only queue, `abort` only
+    starts the end. Tests drive the hub with a fake that records frames.
+    """
+
+    id: str  # set by Hub.register; unique on this node
+    remote: str  # the client's address, for the per-address cap
+    session: Session | None
+    rooms: set[str]  # rooms whose frames reach it
+    # Rooms whose `joined` is being prepared: the live frames held meanwhile, by id.
+    pending: dict[str, list[tuple[int | None, bytes]]]
+    typing_at: dict[str, float]  # clock time of the last relayed `typing`, per room
+
+    @property
+    def closing(self) -> bool: ...
+
+    def send(self, data: bytes, *, exempt: bool = False) -> None: ...
+
+    def send_room(self, room: str, data: bytes, msg_id: int | None = None) -> None: ...
+
+    def abort(self, code: int, reason: str) -> None: ...
+
+
+# The receiver type of one hub: Connection in the server, a fake in tests.
+R = TypeVar("R", bound=Receiver)
 
 
 @dataclass(eq=False, slots=True)
@@ -51,7 +81,7 @@ class Session:
     id: str
     nick: str  # normalised, in the spelling of the hello that created it
     key: str  # what nicks are compared by
-    conn: Connection
+    conn: Receiver
     allowed: frozenset[str] | None = None  # rooms a token permits; None: all
 
 
@@ -62,14 +92,14 @@ class Room:
     """
 
     name: str
-    receivers: dict[Connection, int] = field(default_factory=dict)
+    receivers: dict[Receiver, int] = field(default_factory=dict)
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Hub:
+class Hub(Generic[R]):
     def __init__(
         self,
         config: Config,
@@ -83,11 +113,11 @@ class Hub:
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.connections: set[Connection] = set()
+        self.connections: set[R] = set()
         self.sessions: dict[str, Session] = {}  # the sessions held on this node
         self.rooms: dict[str, Room] = {}  # rooms with a receiver on this node
-        self.buckets: dict[Connection, TokenBucket] = {}
-        self.join_buckets: dict[Connection, TokenBucket] = {}  # `join` and `leave`
+        self.buckets: dict[R, TokenBucket] = {}
+        self.join_buckets: dict[R, TokenBucket] = {}  # `join` and `leave`
         self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
         self._ids = itertools.count(1)
@@ -116,7 +146,7 @@ class Hub:
             return 429
         return None
 
-    def register(self, conn: Connection) -> None:
+    def register(self, conn: R) -> None:
         """Count a connection from the moment it is admitted (before the upgrade completes)."""
         conn.id = str(next(self._ids))
         self.per_ip[conn.remote] = self.per_ip.get(conn.remote, 0) + 1
@@ -124,7 +154,7 @@ class Hub:
         self._empty.clear()
         self.metrics.connections.inc()
 
-    def release(self, conn: Connection, reason: str = "closed") -> bool:
+    def release(self, conn: R, reason: str = "closed") -> bool:
         """Forget a connection and everything it held; idempotent. True the first time."""
         if conn not in self.connections:
             return False
@@ -155,7 +185,7 @@ class Hub:
         del self.sessions[session.id]
         self.metrics.sessions.dec()
 
-    def _drop_delivery(self, conn: Connection) -> None:
+    def _drop_delivery(self, conn: Receiver) -> None:
         for name in conn.rooms:
             room = self.rooms.get(name)
             if room is not None:
@@ -196,7 +226,7 @@ class Hub:
 
     def lost(self, reason: str, room: str | None = None) -> None:
         if room is None:
-            conns = list(self.connections)
+            conns: list[Receiver] = list(self.connections)
             # The cluster ended these sessions already; forget them without ending again.
             for session in list(self.sessions.values()):
                 self._forget_session(session)
@@ -207,7 +237,7 @@ class Hub:
             self._drop_delivery(conn)
             conn.abort(Close.INTERNAL, reason)
 
-    def _replace(self, old: Connection) -> None:
+    def _replace(self, old: Receiver) -> None:
         # The old connection stops receiving at once; its release later leaves the
         # session alone because this node no longer holds it for that connection.
         self._drop_delivery(old)
@@ -215,25 +245,27 @@ class Hub:
 
     # ------------------------------------------------------------ requests
 
-    async def hello(self, conn: Connection, event: protocol.Hello) -> Outcome:
+    async def hello(self, conn: R, event: protocol.Hello) -> Outcome:
         if conn.session is not None:
-            return Invalid("bad_request", "hello was already accepted on this connection", None)
+            return Invalid(
+                ErrorCode.BAD_REQUEST, "hello was already accepted on this connection", None
+            )
         allowed: frozenset[str] | None = None
         secret = self.config.auth.secret
         if secret is not None:
             try:
                 grant = auth.verify(event.token, event.nick, secret, time.time())
             except auth.Unauthorized as err:
-                return Invalid("unauthorized", str(err), None)
+                return Invalid(ErrorCode.UNAUTHORIZED, str(err), None)
             nick: str | None = grant.nick
             allowed = grant.rooms
         elif event.nick is None:
-            return Invalid("bad_request", "'nick' is required", None)
+            return Invalid(ErrorCode.BAD_REQUEST, "'nick' is required", None)
         else:
             nick = protocol.normalize_nick(event.nick)
         if nick is None:
             return Invalid(
-                "nick_invalid",
+                ErrorCode.NICK_INVALID,
                 "a nick is 1 to 32 letters, digits, '_', '-' or '.'",
                 None,
             )
@@ -241,7 +273,7 @@ class Hub:
         claim = Claim(event.session, nick, key, conn.id, secrets.token_urlsafe(24))
         claimed = await self.cluster.hello(claim)
         if isinstance(claimed, str):
-            return Invalid(claimed, f"the nick {nick!r} is in use", None)
+            return Invalid(ErrorCode(claimed), f"the nick {nick!r} is in use", None)
         if conn.closing:
             # Gone while the cluster answered: give the session back at once.
             self.cluster.end_session(claimed.session, conn.id, "closed")
@@ -256,17 +288,12 @@ class Hub:
         self.sessions[session.id] = session
         self.metrics.sessions.inc()
         conn.session = session
-        conn.send(protocol.encode({
-            "type": "welcome",
-            "version": protocol.VERSION,
-            "session": session.id,
-            "nick": session.nick,
-            "rooms": claimed.rooms,
-            **settings_fields(self.config),
-        }))
+        conn.send(protocol.welcome_frame(
+            session.id, session.nick, claimed.rooms, settings_fields(self.config)
+        ))
         return None
 
-    async def join(self, conn: Connection, event: protocol.Join) -> Outcome:
+    async def join(self, conn: R, event: protocol.Join) -> Outcome:
         session = conn.session
         assert session is not None
         if (limited := self._join_limited(conn)) is not None:
@@ -275,7 +302,7 @@ class Hub:
         if not protocol.valid_room(name):
             return ROOM_INVALID
         if session.allowed is not None and name not in session.allowed:
-            return Invalid("forbidden_room", f"your token does not allow {name!r}", None)
+            return Invalid(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {name!r}", None)
         # The node follows the room before this connection registers, so every message
         # after the replay below reaches it through the feed.
         await self.cluster.watch(name)
@@ -285,7 +312,9 @@ class Hub:
         if isinstance(entered, str):
             self._unwatch_if_unused(name)
             return Invalid(
-                entered, f"a session may be in {self.config.limits.max_rooms} rooms", None
+                ErrorCode(entered),
+                f"a session may be in {self.config.limits.max_rooms} rooms",
+                None,
             )
         if conn.closing or self.sessions.get(session.id) is not session:
             self._unwatch_if_unused(name)
@@ -312,14 +341,13 @@ class Hub:
         if conn.closing or name not in conn.rooms:
             return None
         room.receivers[conn] = replay.last_id
-        conn.send(protocol.encode({
-            "type": "joined",
-            "room": name,
-            "epoch": replay.epoch,
-            "members": protocol.sort_nicks(entered.members),
-            "messages": [message.frame() for message in replay.messages],
-            "complete": replay.complete,
-        }), exempt=True)
+        conn.send(protocol.joined_frame(
+            name,
+            replay.epoch,
+            entered.members,
+            [message.frame() for message in replay.messages],
+            replay.complete,
+        ), exempt=True)
         for msg_id, data in held:
             if msg_id is None or msg_id > replay.last_id:
                 conn.send(data, exempt=True)
@@ -329,7 +357,7 @@ class Hub:
         if name not in self.rooms:
             self.cluster.unwatch(name)
 
-    async def leave(self, conn: Connection, event: protocol.Leave) -> Outcome:
+    async def leave(self, conn: R, event: protocol.Leave) -> Outcome:
         session = conn.session
         assert session is not None
         if (limited := self._join_limited(conn)) is not None:
@@ -345,18 +373,18 @@ class Hub:
         if room is not None:
             room.receivers.pop(conn, None)
             self._forget_if_empty(room)
-        conn.send(protocol.encode({"type": "left", "room": name}))
+        conn.send(protocol.left_frame(name))
         return None
 
-    def _joined_room(self, conn: Connection, name: str) -> Room | Invalid:
+    def _joined_room(self, conn: Receiver, name: str) -> Room | Invalid:
         if not protocol.valid_room(name):
             return ROOM_INVALID
         room = self.rooms.get(name)
         if room is None or name not in conn.rooms:
-            return Invalid("not_joined", f"join {name!r} first", None)
+            return Invalid(ErrorCode.NOT_JOINED, f"join {name!r} first", None)
         return room
 
-    async def say(self, conn: Connection, event: protocol.Say) -> Outcome:
+    async def say(self, conn: R, event: protocol.Say) -> Outcome:
         session = conn.session
         assert session is not None
         room = self._joined_room(conn, event.room)
@@ -377,7 +405,10 @@ class Hub:
                     conn.send(_ack(original))
                     return None
             return Invalid(
-                "rate_limited", "too many messages; slow down", None, retry_after=retry_after
+                ErrorCode.RATE_LIMITED,
+                "too many messages; slow down",
+                None,
+                retry_after=retry_after,
             )
         # The ack and the publication happen in `stored`, which the store calls the
         # moment the message is durable, in id order (so members receive messages in id
@@ -389,14 +420,13 @@ class Hub:
             conn.send(_ack(message))
             if created:
                 self.metrics.messages.inc()
-                self.cluster.publish(message, protocol.encode(message.frame()))
+                self.cluster.publish(message, message.encoded())
 
-        await self.store.append(
-            room.name, session.nick, session.key, event.text, event.cid, now_ms(), stored
-        )
+        new = NewMessage(room.name, session.nick, session.key, event.text, event.cid, now_ms())
+        await self.store.append(new, stored)
         return None
 
-    def _bucket(self, conn: Connection) -> TokenBucket:
+    def _bucket(self, conn: R) -> TokenBucket:
         bucket = self.buckets.get(conn)
         if bucket is None:
             rate = self.config.limits.rate
@@ -405,7 +435,7 @@ class Hub:
             )
         return bucket
 
-    def _join_limited(self, conn: Connection) -> Invalid | None:
+    def _join_limited(self, conn: R) -> Invalid | None:
         """Spend a token of the connection's `join`/`leave` bucket (limits.join_rate)."""
         now = self.clock()
         bucket = self.join_buckets.get(conn)
@@ -416,11 +446,11 @@ class Hub:
             )
         retry_after = bucket.take(now)
         if retry_after > 0:
-            return Invalid("rate_limited", "too many joins and leaves; slow down", None,
+            return Invalid(ErrorCode.RATE_LIMITED, "too many joins and leaves; slow down", None,
                            retry_after=retry_after)
         return None
 
-    async def typing(self, conn: Connection, event: protocol.Typing) -> Outcome:
+    async def typing(self, conn: R, event: protocol.Typing) -> Outcome:
         session = conn.session
         assert session is not None
         room = self._joined_room(conn, event.room)
@@ -431,21 +461,18 @@ class Hub:
         if last is not None and now - last < TYPING_EVERY:
             return DROPPED
         conn.typing_at[room.name] = now
-        frame = protocol.encode({"type": "typing", "room": room.name, "nick": session.nick})
+        frame = protocol.typing_frame(room.name, session.nick)
         await self.cluster.typing(room.name, session.id, frame)
         return None
 
-    async def history(self, conn: Connection, event: protocol.HistoryRequest) -> Outcome:
+    async def history(self, conn: R, event: protocol.HistoryRequest) -> Outcome:
         room = self._joined_room(conn, event.room)
         if isinstance(room, Invalid):
             return room
         page = await self.store.page(room.name, event.before, event.limit)
-        conn.send(protocol.encode({
-            "type": "history",
-            "room": room.name,
-            "messages": [message.frame() for message in page.messages],
-            "more": page.more,
-        }))
+        conn.send(protocol.history_frame(
+            room.name, [message.frame() for message in page.messages], page.more
+        ))
         return None
 
     def _room(self, name: str) -> Room:
@@ -464,6 +491,4 @@ class Hub:
 
 
 def _ack(message: Message) -> bytes:
-    return protocol.encode({
-        "type": "ack", "cid": message.cid, "room": message.room, "id": message.id, "ts": message.ts
-    })
+    return protocol.ack_frame(message.cid, message.room, message.id, message.ts)

@@ -8,13 +8,14 @@ from typing import Final
 from aiohttp import web
 
 from chat.config import Config
+from chat.connection import Connection
 from chat.history import HistoryStore
 from chat.hub import Hub
 from chat.metrics import Metrics
 from chat.policy import Network
 
 CONFIG: Final = web.AppKey("config", Config)
-HUB: Final = web.AppKey("hub", Hub)
+HUB: Final = web.AppKey("hub", Hub[Connection])
 HISTORY: Final = web.AppKey("history", HistoryStore)
 METRICS: Final = web.AppKey("metrics", Metrics)
 # Parsed security.trusted_proxies, so no request parses them again.

@@ -6,17 +6,17 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from chat.protocol import Close
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Close codes are counted and logged under a bounded set of labels: a client may close
 # with any code from 1000 to 4999. The server's own codes keep their label (1002 is the
 # WebSocket protocol's error, 1006 an end with no close frame); of the codes a client
 # chooses, only the ones browsers send do. Everything else is "other".
-SERVER_CLOSE_CODES: Final = frozenset(
-    {1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 4000, 4001, 4002, 4003}
-)
-CLIENT_CLOSE_CODES: Final = frozenset({1000, 1001, 1006})
 NO_CLOSE_FRAME: Final = 1006
+SERVER_CLOSE_CODES: Final = frozenset({*map(int, Close), NO_CLOSE_FRAME})
+CLIENT_CLOSE_CODES: Final = frozenset({Close.NORMAL, Close.GOING_AWAY, NO_CLOSE_FRAME})
 
 
 def close_label(code: int | None, *, by_client: bool = False) -> str:

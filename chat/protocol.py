@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 import struct
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from typing import Any, Final
 
 import orjson
@@ -37,19 +39,41 @@ _TEXT_ALLOWED_CC: Final = frozenset("\t\n")
 _TEXT_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-# Close codes of the contract (section 3).
-class Close:
-    NORMAL: Final = 1000
-    GOING_AWAY: Final = 1001
-    UNSUPPORTED: Final = 1003
-    INVALID_DATA: Final = 1007
-    POLICY: Final = 1008
-    TOO_BIG: Final = 1009
-    INTERNAL: Final = 1011
-    HEARTBEAT_TIMEOUT: Final = 4000
-    SLOW_CONSUMER: Final = 4001
-    REPLACED: Final = 4002
-    UNAUTHORIZED: Final = 4003
+class Close(IntEnum):
+    """The close codes a client may get from the server (docs/protocol.md, "Close codes")."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002  # sent by aiohttp itself when the client breaks WebSocket framing
+    UNSUPPORTED = 1003
+    INVALID_DATA = 1007
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    HEARTBEAT_TIMEOUT = 4000
+    SLOW_CONSUMER = 4001
+    REPLACED = 4002
+    UNAUTHORIZED = 4003
+
+
+class ErrorCode(StrEnum):
+    """The `code` of an `error` frame (docs/protocol.md, "Error codes"), in the doc's order."""
+
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_TYPE = "unknown_type"
+    HELLO_REQUIRED = "hello_required"
+    NICK_INVALID = "nick_invalid"
+    NICK_TAKEN = "nick_taken"
+    UNAUTHORIZED = "unauthorized"
+    ROOM_INVALID = "room_invalid"
+    FORBIDDEN_ROOM = "forbidden_room"
+    NOT_JOINED = "not_joined"
+    TOO_MANY_ROOMS = "too_many_rooms"
+    TEXT_TOO_LONG = "text_too_long"
+    TEXT_INVALID = "text_invalid"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
 
 
 # --------------------------------------------------------------------------- events
@@ -107,7 +131,7 @@ class LegacyPing:
 class Invalid:
     """A frame that gets an `error` reply instead of an effect."""
 
-    code: str
+    code: ErrorCode
     message: str
     ref: str | None
     retry_after: float | None = None
@@ -222,7 +246,7 @@ def parse(text: str) -> ClientEvent | Invalid:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError:
         # orjson also refuses lone surrogates and nesting past its recursion limit.
-        return Invalid("bad_json", "frame is not valid JSON", None)
+        return Invalid(ErrorCode.BAD_JSON, "frame is not valid JSON", None)
     # Nesting takes an opening bracket and two characters per level, and a frame with no
     # `[` and no `{` but its own has none: these tests, at C speed and inline (this runs
     # on every frame), spare the walk for ordinary frames.
@@ -232,18 +256,18 @@ def parse(text: str) -> ClientEvent | Invalid:
         and text.count("[") + text.count("{") > MAX_DEPTH
         and _deeper_than(obj, MAX_DEPTH)
     ):
-        return Invalid("bad_json", f"frame is nested deeper than {MAX_DEPTH} levels", None)
+        return Invalid(ErrorCode.BAD_JSON, f"frame is nested deeper than {MAX_DEPTH} levels", None)
     if not isinstance(obj, dict):
-        return Invalid("bad_request", "frame must be a JSON object", None)
+        return Invalid(ErrorCode.BAD_REQUEST, "frame must be a JSON object", None)
     kind = obj.get("type")
     if not isinstance(kind, str):
-        return Invalid("bad_request", "'type' must be a string", _ref(obj))
+        return Invalid(ErrorCode.BAD_REQUEST, "'type' must be a string", _ref(obj))
     if kind not in _KINDS:
-        return Invalid("unknown_type", f"unknown type {kind[:40]!r}", _ref(obj), kind=kind)
+        return Invalid(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}", _ref(obj), kind=kind)
     try:
         return _build(kind, obj)
     except _BadField as err:
-        return Invalid("bad_request", err.message, _ref(obj), kind=kind)
+        return Invalid(ErrorCode.BAD_REQUEST, err.message, _ref(obj), kind=kind)
 
 
 # --------------------------------------------------------------------------- rules
@@ -276,23 +300,27 @@ def valid_room(name: str) -> bool:
 def text_problem(text: str, max_text: int) -> Invalid | None:
     """Why a message text is refused, or None; length is checked before content."""
     if len(text) > max_text:
-        return Invalid("text_too_long", f"text is longer than {max_text} characters", None)
+        return Invalid(ErrorCode.TEXT_TOO_LONG, f"text is longer than {max_text} characters", None)
     if not text or text.isspace():
-        return Invalid("text_invalid", "text is empty or only white space", None)
+        return Invalid(ErrorCode.TEXT_INVALID, "text is empty or only white space", None)
     if _TEXT_CONTROL.search(text) is not None:
-        return Invalid("text_invalid", "text contains control characters", None)
+        return Invalid(ErrorCode.TEXT_INVALID, "text contains control characters", None)
     return None
 
 
 # --------------------------------------------------------------------------- encoding
+#
+# Every frame the server sends is built by one function below, so the wire format lives
+# in this module alone. Key order is part of it: chat.history.redis splices `message`
+# frames byte for byte (`_frame_parts`), and tests compare bytes.
 
 
-def encode(frame: dict[str, Any]) -> bytes:
+def encode(frame: Mapping[str, Any]) -> bytes:
     return orjson.dumps(frame)
 
 
 def error_frame(
-    code: str, message: str, ref: str | None, retry_after: float | None = None
+    code: ErrorCode, message: str, ref: str | None, retry_after: float | None = None
 ) -> bytes:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message, "ref": ref}
     if retry_after is not None:
@@ -309,6 +337,86 @@ def pong_frame(t: Any, ts: int) -> bytes:
         return orjson.dumps({"type": "pong", "t": None, "ts": ts})
 
 
+def welcome_frame(
+    session: str, nick: str, rooms: Sequence[str], settings: Mapping[str, Any]
+) -> bytes:
+    """`welcome`; `settings` are the fields a `settings` frame would carry."""
+    return orjson.dumps({
+        "type": "welcome",
+        "version": VERSION,
+        "session": session,
+        "nick": nick,
+        "rooms": rooms,
+        **settings,
+    })
+
+
+def settings_frame(settings: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({"type": "settings", **settings})
+
+
+def message_fields(
+    room: str, msg_id: int, nick: str, text: str, ts: int, cid: str | None
+) -> dict[str, Any]:
+    """A `message` frame as an object: sent alone, and the item of `joined` and `history`."""
+    return {
+        "type": "message",
+        "room": room,
+        "id": msg_id,
+        "nick": nick,
+        "text": text,
+        "ts": ts,
+        "cid": cid,
+    }
+
+
+def message_frame(
+    room: str, msg_id: int, nick: str, text: str, ts: int, cid: str | None
+) -> bytes:
+    return orjson.dumps(message_fields(room, msg_id, nick, text, ts, cid))
+
+
+def joined_frame(
+    room: str,
+    epoch: str,
+    members: list[str],
+    messages: Sequence[Mapping[str, Any]],
+    complete: bool,
+) -> bytes:
+    """`joined`; `messages` are `message_fields` objects, oldest first."""
+    return orjson.dumps({
+        "type": "joined",
+        "room": room,
+        "epoch": epoch,
+        "members": sort_nicks(members),
+        "messages": messages,
+        "complete": complete,
+    })
+
+
+def history_frame(room: str, messages: Sequence[Mapping[str, Any]], more: bool) -> bytes:
+    return orjson.dumps({"type": "history", "room": room, "messages": messages, "more": more})
+
+
+def left_frame(room: str) -> bytes:
+    return orjson.dumps({"type": "left", "room": room})
+
+
+def ack_frame(cid: str | None, room: str, msg_id: int, ts: int) -> bytes:
+    return orjson.dumps({"type": "ack", "cid": cid, "room": room, "id": msg_id, "ts": ts})
+
+
+def typing_frame(room: str, nick: str) -> bytes:
+    return orjson.dumps({"type": "typing", "room": room, "nick": nick})
+
+
+def presence_frame(room: str, event: str, nick: str, reason: str | None = None) -> bytes:
+    frame: dict[str, Any] = {"type": "presence", "room": room, "event": event, "nick": nick}
+    if reason is not None:
+        frame["reason"] = reason
+    return orjson.dumps(frame)
+
+
 def close_frame(code: int, reason: str) -> bytes:
     """A complete unmasked server close frame, for closing without the WebSocket layer."""
     # A close payload is at most 125 bytes; cut the reason on a character boundary.
@@ -318,10 +426,3 @@ def close_frame(code: int, reason: str) -> bytes:
 
 def sort_nicks(nicks: list[str]) -> list[str]:
     return sorted(nicks, key=lambda n: (nick_key(n), n))
-
-
-def presence_frame(room: str, event: str, nick: str, reason: str | None = None) -> bytes:
-    frame: dict[str, Any] = {"type": "presence", "room": room, "event": event, "nick": nick}
-    if reason is not None:
-        frame["reason"] = reason
-    return orjson.dumps(frame)

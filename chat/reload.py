@@ -100,7 +100,7 @@ def apply(app: web.Application, new: Plan) -> None:
         for conn in hub.connections:
             conn.set_send_buffer(config.limits.send_buffer)
     if new.settings_changed:
-        frame = protocol.encode({"type": "settings", **settings_fields(config)})
+        frame = protocol.settings_frame(settings_fields(config))
         for conn in hub.connections:
             if conn.session is not None:  # nothing before hello
                 conn.send(frame)

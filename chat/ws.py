@@ -21,7 +21,7 @@ from chat.hub import DROPPED, Hub, Outcome, now_ms
 from chat.keys import HUB, PROXIES
 from chat.metrics import close_label
 from chat.policy import client_address, origin_allowed, own_origin, trusted_peer
-from chat.protocol import Close, Invalid
+from chat.protocol import Close, ErrorCode, Invalid
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,10 @@ def _scheme(request: web.Request, via_proxy: bool) -> str:
 
 
 async def _read(
-    hub: Hub, conn: Connection, ws: web.WebSocketResponse, requests: asyncio.Queue[Request]
+    hub: Hub[Connection],
+    conn: Connection,
+    ws: web.WebSocketResponse,
+    requests: asyncio.Queue[Request],
 ) -> None:
     async for msg in ws:
         conn.last_seen = hub.clock()
@@ -184,7 +187,9 @@ def _crash(conn: Connection, doing: str) -> None:
     conn.close(Close.INTERNAL, "unexpected server error")
 
 
-async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]) -> None:
+async def _dispatch(
+    hub: Hub[Connection], conn: Connection, requests: asyncio.Queue[Request]
+) -> None:
     while not conn.closing:
         await conn.replies_taken()
         request = await requests.get()
@@ -195,7 +200,9 @@ async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]
             outcome = await _handle(hub, conn, request)
         except BackendUnavailable as err:
             # Not the client's fault: neither counts toward nor resets the errors in a row.
-            unavailable = Invalid("unavailable", str(err), None, retry_after=err.retry_after)
+            unavailable = Invalid(
+                ErrorCode.UNAVAILABLE, str(err), None, retry_after=err.retry_after
+            )
             _send_error(hub, conn, unavailable, request, counts=False)
             continue
         except Exception:
@@ -209,14 +216,14 @@ async def _dispatch(hub: Hub, conn: Connection, requests: asyncio.Queue[Request]
             conn.errors_in_row = 0
 
 
-async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
+async def _handle(hub: Hub[Connection], conn: Connection, request: Request) -> Outcome:
     if conn.session is None and not isinstance(request, protocol.Hello):
         # Before hello every type but hello and ping gets hello_required, unknown and
         # ill-formed ones included; a frame with no string type keeps its own error.
         if not isinstance(request, Invalid):
-            return Invalid("hello_required", "say hello first", None)
+            return Invalid(ErrorCode.HELLO_REQUIRED, "say hello first", None)
         if request.kind not in (None, "hello", "ping"):
-            return Invalid("hello_required", "say hello first", request.ref)
+            return Invalid(ErrorCode.HELLO_REQUIRED, "say hello first", request.ref)
     if isinstance(request, Invalid):
         return request
     match request:
@@ -239,7 +246,7 @@ async def _handle(hub: Hub, conn: Connection, request: Request) -> Outcome:
 
 
 def _send_error(
-    hub: Hub, conn: Connection, error: Invalid, request: Request, counts: bool = True
+    hub: Hub[Connection], conn: Connection, error: Invalid, request: Request, counts: bool = True
 ) -> None:
     ref = error.ref
     if ref is None and not isinstance(request, Invalid):
@@ -247,7 +254,7 @@ def _send_error(
         ref = cid if cid is not None else _KIND.get(type(request))
     conn.send(protocol.error_frame(error.code, error.message, ref, error.retry_after))
     hub.metrics.errors.labels(error.code).inc()
-    if error.code == "unauthorized":
+    if error.code is ErrorCode.UNAUTHORIZED:
         conn.close(Close.UNAUTHORIZED, "unauthorized")
         return
     if not counts:
@@ -257,7 +264,7 @@ def _send_error(
         conn.close(Close.POLICY, "too many errors in a row")
 
 
-def _log_end(hub: Hub, conn: Connection, ws: web.WebSocketResponse) -> None:
+def _log_end(hub: Hub[Connection], conn: Connection, ws: web.WebSocketResponse) -> None:
     by_client = conn.close_code is None  # else the server chose the code
     code = ws.close_code if by_client else conn.close_code
     reason = conn.close_reason or ("closed by peer" if code is not None else "connection lost")

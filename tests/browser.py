@@ -80,7 +80,7 @@ def start_server(tmp_path: Path, port: int = 0) -> ServerProcess:
     config = tmp_path / "config.yaml"
     if not config.exists():
         write_config(tmp_path, CONFIG)
-    server = ServerProcess("--config", str(config), port=port)
+    server = ServerProcess("--config", str(config), port=port, cwd=tmp_path)
     server.start()
     return server
 

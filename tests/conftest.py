@@ -1,149 +1,29 @@
-"""Shared fixtures: configs with tiny intervals, the real app on a real socket, WS peers."""
+"""Shared fixtures: configs with tiny intervals, the real app on a real socket, WS peers.
+
+The plain helpers (Peer, make_config, DEADLINE, ...) live in tests/helpers.py; they are
+imported here too, so `from tests.conftest import Peer` keeps working.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
 
-import aiohttp
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from chat.app import create_app
-from chat.config import Config, config_from_mapping
+from chat.config import Config
 from chat.history.memory import MemoryHistory
 from chat.keys import HISTORY
-from chat.protocol import LEGACY_HEARTBEAT
 from chat.server import handler_options
+from tests.helpers import DEADLINE, FAST, Peer, make_config, merge
+from tests.redisproc import RedisServer
 
-DEADLINE = 5.0  # s: the most any single wait in a test may take
-
-FAST: dict[str, Any] = {
-    "heartbeat": {"interval": 0.2, "timeout": 0.6},
-    "cleanup": {"interval": 0.1},
-    "history": {"backend": "memory"},
-    "server": {"shutdown_timeout": 2},
-    # Tests that are not about rate limits send faster than a person types.
-    "limits": {
-        "rate": {"messages": 10000, "per": 1, "burst": 10000},
-        "join_rate": {"messages": 10000, "per": 1, "burst": 10000},
-    },
-}
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def make_config(extra: dict[str, Any] | None = None, *, fast: bool = True) -> Config:
-    return config_from_mapping(merge(FAST if fast else {}, extra or {}), "test", env={})
-
-
-class Peer:
-    """A test client's WebSocket with deadline-bound reads."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.session: str | None = None
-
-    async def send(self, frame: dict[str, Any] | str) -> None:
-        await self.ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
-
-    async def recv_raw(self, timeout: float = DEADLINE) -> aiohttp.WSMessage:
-        return await asyncio.wait_for(self.ws.receive(), timeout)
-
-    async def recv(self, timeout: float = DEADLINE) -> dict[str, Any]:
-        """The next text frame as JSON (protocol pings seen with autoping=False skipped)."""
-        async with asyncio.timeout(timeout):
-            msg = await self.ws.receive()
-            while msg.type in (WSMsgType.PING, WSMsgType.PONG):
-                msg = await self.ws.receive()
-        assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg!r}"
-        if msg.data == LEGACY_HEARTBEAT:
-            return {"type": LEGACY_HEARTBEAT}
-        frame: dict[str, Any] = json.loads(msg.data)
-        return frame
-
-    async def expect(self, kind: str, timeout: float = DEADLINE, **fields: Any) -> dict[str, Any]:
-        """The next frame of `kind` (frames of other kinds before it are skipped)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                frame = await self.recv()
-                if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
-                    return frame
-
-    async def expect_any(self, kinds: tuple[str, ...], timeout: float = DEADLINE) -> dict[str, Any]:
-        """The next frame whose type is one of `kinds`."""
-        async with asyncio.timeout(timeout):
-            while True:
-                frame = await self.recv()
-                if frame["type"] in kinds:
-                    return frame
-
-    async def next_is(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """The very next frame, asserted to be of `kind` with `fields`."""
-        frame = await self.recv()
-        assert frame["type"] == kind, frame
-        for key, value in fields.items():
-            assert frame.get(key) == value, (key, frame)
-        return frame
-
-    async def hello(self, nick: str, **extra: Any) -> dict[str, Any]:
-        await self.send({"type": "hello", "nick": nick, **extra})
-        welcome = await self.next_is("welcome")
-        self.session = welcome["session"]
-        return welcome
-
-    async def join(self, room: str, **extra: Any) -> dict[str, Any]:
-        await self.send({"type": "join", "room": room, **extra})
-        return await self.expect("joined", room=room)
-
-    async def say(self, room: str, text: str, cid: str | None = None) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "say", "room": room, "text": text}
-        if cid is not None:
-            frame["cid"] = cid
-        await self.send(frame)
-        return await self.expect("ack", room=room)
-
-    async def closed(self, timeout: float = DEADLINE) -> int | None:
-        """Read until the server closes; the close code."""
-        async with asyncio.timeout(timeout):
-            while True:
-                msg = await self.ws.receive()
-                if msg.type is WSMsgType.CLOSE:
-                    # The code the server sent (the client's own reply may fail when
-                    # the server dropped TCP right after its close frame).
-                    return int(msg.data)
-                if msg.type in (WSMsgType.CLOSED, WSMsgType.CLOSING):
-                    return self.ws.close_code
-                if msg.type is WSMsgType.ERROR:
-                    return self.ws.close_code
-
-    async def quiet(self, duration: float) -> list[dict[str, Any]]:
-        """Frames received within `duration` (used to assert that nothing arrives)."""
-        frames = []
-        loop = asyncio.get_running_loop()
-        end = loop.time() + duration
-        while (left := end - loop.time()) > 0:
-            try:
-                msg = await asyncio.wait_for(self.ws.receive(), left)
-            except TimeoutError:
-                break
-            if msg.type is WSMsgType.TEXT:
-                frames.append(json.loads(msg.data))
-            else:
-                break
-        return frames
-
+__all__ = ["DEADLINE", "FAST", "Peer", "make_config", "merge"]
 
 Connect = Callable[..., Awaitable[Peer]]
 
@@ -212,3 +92,26 @@ async def connect(client: TestClient[Any, Any]) -> Connect:
         return peer
 
     return _connect
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A durable redis-server of the test's own, killed at teardown."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+REPO: Final = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _checkout_stays_clean() -> Iterator[None]:
+    """Fail the run if a test left a history database in the checkout.
+
+    Every server and store a test starts belongs in a temporary directory; a `chat.db`
+    already there (a server someone runs in the checkout) is left alone and not blamed.
+    """
+    before = {path.name for path in REPO.glob("chat.db*")}
+    yield
+    left = sorted({path.name for path in REPO.glob("chat.db*")} - before)
+    assert not left, f"tests left {left} in {REPO}"

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -52,17 +53,22 @@ def run_chat(
     env: Mapping[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m chat ARGS` to completion (for commands that must exit by themselves)."""
-    return subprocess.run(
-        [sys.executable, "-m", "chat", *args],
-        cwd=cwd,
-        env=dict(env) if env is not None else server_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """Run `python -m chat ARGS` to completion (for commands that must exit by themselves).
+
+    Without `cwd` it runs in a fresh temporary directory: never in the checkout, where a
+    relative `chat.db` would be left behind or collide with a server running there.
+    """
+    with tempfile.TemporaryDirectory(prefix="chat-test-") as scratch:
+        return subprocess.run(
+            [sys.executable, "-m", "chat", *args],
+            cwd=scratch if cwd is None else cwd,
+            env=dict(env) if env is not None else server_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 class ServerProcess:
@@ -82,7 +88,11 @@ class ServerProcess:
     ) -> None:
         port_args = [] if port is None else ["--port", str(port)]
         self.argv = [sys.executable, "-m", "chat", *port_args, *args]
+        # Without `cwd` the child runs in a temporary directory of its own, removed by
+        # `close`: a relative `chat.db` must never land in the checkout, nor collide with
+        # the lock of a server someone runs there.
         self.cwd = cwd
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.env = dict(env) if env is not None else server_env()
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[str] | None = None
@@ -111,9 +121,14 @@ class ServerProcess:
 
     def start(self) -> None:
         """Start the child and wait until it prints its listening line."""
+        cwd = self.cwd
+        if cwd is None:
+            if self._scratch is None:
+                self._scratch = tempfile.TemporaryDirectory(prefix="chat-test-")
+            cwd = self._scratch.name
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=self.cwd,
+            cwd=cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -158,16 +173,18 @@ class ServerProcess:
     def close(self) -> None:
         """Kill the child if it still runs, and release its pipes and threads."""
         proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=EXIT_TIMEOUT)
-        for thread in self._threads:
-            thread.join(timeout=EXIT_TIMEOUT)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=EXIT_TIMEOUT)
+            for thread in self._threads:
+                thread.join(timeout=EXIT_TIMEOUT)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     # ------------------------------------------------------------------ signals and exit
 

@@ -19,11 +19,19 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat.app import create_app
 from chat.keys import HUB
 from chat.protocol import LEGACY_HEARTBEAT
-from tests.conftest import DEADLINE, Peer, make_config
-from tests.test_upgrade import abort, gauge, refused, until
+from tests.helpers import (
+    DEADLINE,
+    Peer,
+    abort,
+    app_client,
+    assert_still_serves,
+    gauge,
+    refused,
+    until,
+)
+from tests.rawws import masked_frame
 
 Client = TestClient[Any, Any]
 
@@ -39,12 +47,9 @@ SERVER_TYPES: Final = frozenset({
 # Every close code of the contract except 1011, which would mean a server bug.
 CLOSE_CODES: Final = frozenset({1000, 1001, 1003, 1007, 1008, 1009, 4000, 4001, 4002, 4003})
 
-_fresh = itertools.count()
 
 
-async def app_client(aiohttp_client: Any, extra: dict[str, Any] | None = None) -> Client:
-    client: Client = await aiohttp_client(create_app(make_config(extra)))
-    return client
+_fuzzers = itertools.count()
 
 
 @pytest.fixture
@@ -57,15 +62,6 @@ async def connect(client: Client, nick: str | None = None, **kwargs: Any) -> Pee
     if nick is not None:
         await peer.hello(nick)
     return peer
-
-
-async def assert_still_serves(client: Client) -> None:
-    """A fresh client can still say hello, join, talk and get its own message back."""
-    fresh = await connect(client, f"fresh{next(_fresh)}")
-    await fresh.join("lobby")
-    ack = await fresh.say("lobby", "still here", cid="c1")
-    await fresh.expect("message", id=ack["id"], text="still here")
-    await fresh.ws.close()
 
 
 async def error_for(peer: Peer, frame: dict[str, Any] | str) -> dict[str, Any]:
@@ -438,17 +434,6 @@ async def raw(client: Client) -> AsyncIterator[RawSockets]:
     await sockets.close()
 
 
-def masked_text_frame(payload: bytes, first: int = 0x81) -> bytes:
-    """A client frame (by default FIN and text), masked as the protocol requires."""
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    if len(payload) < 126:
-        header = struct.pack("!BB", first, 0x80 | len(payload))
-    else:
-        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
-    return header + mask + body
-
-
 async def close_code(reader: asyncio.StreamReader) -> int:
     """The code of the close frame the server sends next (server frames are unmasked)."""
     while True:
@@ -470,8 +455,8 @@ async def test_fragmented_message_over_max_frame_closes_1009(
     """max_frame bounds a whole message: fragments that add up past it close with 1009."""
     hub = client.app[HUB]
     reader, writer = await raw.upgrade()
-    writer.write(masked_text_frame(b'{"type": "ping", "t": "' + b"x" * 9000, first=0x01))
-    writer.write(masked_text_frame(b"x" * 9000 + b'"}', first=0x80))  # continuation, FIN
+    writer.write(masked_frame(b'{"type": "ping", "t": "' + b"x" * 9000, first=0x01))
+    writer.write(masked_frame(b"x" * 9000 + b'"}', first=0x80))  # continuation, FIN
     assert await close_code(reader) == 1009
     await asyncio.wait_for(hub.wait_empty(), DEADLINE)
     await assert_still_serves(client)
@@ -482,9 +467,9 @@ async def test_fragmented_message_within_max_frame_is_read(
 ) -> None:
     """A message sent in fragments is read as one."""
     reader, writer = await raw.upgrade()
-    writer.write(masked_text_frame(b'{"type": "ping", ', first=0x01))
-    writer.write(masked_text_frame(b'"t": "in', first=0x00))
-    writer.write(masked_text_frame(b' parts"}', first=0x80))
+    writer.write(masked_frame(b'{"type": "ping", ', first=0x01))
+    writer.write(masked_frame(b'"t": "in', first=0x00))
+    writer.write(masked_frame(b' parts"}', first=0x80))
     head = await asyncio.wait_for(reader.readexactly(2), DEADLINE)
     assert head[0] == 0x81
     frame = json.loads(await reader.readexactly(head[1] & 0x7F))
@@ -498,9 +483,9 @@ async def test_disconnect_mid_frame_releases_connection(client: Client, raw: Raw
     await watcher.join("lobby")
     _, writer = await raw.upgrade()
     for frame in ({"type": "hello", "nick": "halfway"}, {"type": "join", "room": "lobby"}):
-        writer.write(masked_text_frame(json.dumps(frame).encode()))
+        writer.write(masked_frame(json.dumps(frame).encode()))
     await watcher.expect("presence", event="join", nick="halfway")
-    half = masked_text_frame(json.dumps({"type": "say", "room": "lobby",
+    half = masked_frame(json.dumps({"type": "say", "room": "lobby",
                                          "text": "y" * 500}).encode())
     writer.write(half[: len(half) // 2])
     await writer.drain()
@@ -545,7 +530,7 @@ async def test_websocket_protocol_violation_ends_connection(
     """A frame that breaks RFC 6455 ends the connection (1002) and frees everything."""
     hub = client.app[HUB]
     reader, writer = await raw.upgrade()
-    writer.write(masked_text_frame(b'{"type": "ping"}', first=first))
+    writer.write(masked_frame(b'{"type": "ping"}', first=first))
     # 1002 is the WebSocket protocol's own code for this; the contract has no row for it.
     assert await close_code(reader) == 1002
     await asyncio.wait_for(hub.wait_empty(), DEADLINE)
@@ -649,7 +634,7 @@ async def test_arbitrary_frames_get_contract_answers(
 ) -> None:
     """Whatever text frames arrive, replies are known JSON frames or contract close codes."""
     caplog.set_level(logging.ERROR)
-    await feed(fuzz_client, frames, f"fuzz{next(_fresh)}")
+    await feed(fuzz_client, frames, f"fuzz{next(_fuzzers)}")
     await asyncio.wait_for(fuzz_client.app[HUB].wait_empty(), DEADLINE)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR
               and r.name.split(".")[0] in ("chat", "aiohttp")]

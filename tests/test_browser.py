@@ -37,7 +37,7 @@ from tests.browser import (
     start_server,
     welcome_for,
 )
-from tests.conftest import Peer, make_config
+from tests.helpers import Peer, make_config
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -22,10 +23,18 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from tests.serverproc import ServerProcess, run_chat, server_env, tree_files, write_config
+from tests.helpers import DEADLINE
+from tests.rawws import masked_frame
+from tests.serverproc import (
+    STARTUP_TIMEOUT,
+    ServerProcess,
+    run_chat,
+    server_env,
+    tree_files,
+    write_config,
+)
 
 ROOT: Final = Path(__file__).parents[1]
-DEADLINE: Final = 5.0  # s: the most any single network wait may take
 SHUTDOWN_TIMEOUT: Final = 2.0
 SLACK: Final = 1.0  # s allowed beyond server.shutdown_timeout for the process to exit
 
@@ -109,17 +118,6 @@ def raw_ws(host: str, port: int) -> socket.socket:
     return sock
 
 
-def masked_text_frame(text: str) -> bytes:
-    payload = text.encode()
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    return (
-        bytes([0x81, 0x80 | len(payload)])
-        + mask
-        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    )
-
-
 def read_text_frame(sock: socket.socket) -> dict[str, Any]:
     """One unmasked, unfragmented server text frame of under 64 KiB, parsed."""
 
@@ -143,9 +141,12 @@ def read_text_frame(sock: socket.socket) -> dict[str, Any]:
 # --- 1, 2: start-up, page and assets
 
 
-def test_port_zero_prints_one_listening_line_and_serves() -> None:
+def test_port_zero_prints_one_listening_line_and_serves(tmp_path: Path) -> None:
     """`--port 0` prints exactly one line with the real port; health, page and assets serve."""
-    with ServerProcess(cwd=ROOT) as server:
+    # The shipped config.yaml, read from the cwd as in the README, but in a temporary
+    # directory: its relative chat.db must not land in (or collide with) the checkout.
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    with ServerProcess(cwd=tmp_path) as server:
         assert server.host == "127.0.0.1"
         assert server.port > 0
         status, kind, body = http_get(server.url + "/healthz")
@@ -209,7 +210,7 @@ def test_sigterm_exits_in_time_with_a_client_that_never_reads(tmp_path: Path) ->
     config = write_config(tmp_path, FAST)
     with ServerProcess("--config", str(config), cwd=tmp_path) as server:
         with raw_ws(server.host, server.port) as sock:
-            sock.sendall(masked_text_frame(json.dumps({"type": "hello", "nick": "mute"})))
+            sock.sendall(masked_frame(json.dumps({"type": "hello", "nick": "mute"}).encode()))
             assert read_text_frame(sock)["type"] == "welcome"
             # From here on the socket is never read again, nor answers the close.
             started = time.monotonic()
@@ -450,9 +451,9 @@ async def test_debug_log_level_garbage_client_logs_end_once_without_noise(tmp_pa
         # b says hello, sends garbage and drops TCP without a close handshake.
         sock = raw_ws(server.host, server.port)
         with sock:
-            sock.sendall(masked_text_frame(json.dumps({"type": "hello", "nick": "b"})))
+            sock.sendall(masked_frame(json.dumps({"type": "hello", "nick": "b"}).encode()))
             assert read_text_frame(sock)["type"] == "welcome"
-            sock.sendall(masked_text_frame("not json"))
+            sock.sendall(masked_frame(b"not json"))
             assert read_text_frame(sock)["code"] == "bad_json"
 
         await asyncio.to_thread(server.wait_stderr, "nick=a", DEADLINE)
@@ -506,3 +507,28 @@ def test_wheel_carries_templates_and_static_files(tmp_path: Path) -> None:
     static = {name for name in names if name.startswith("chat/static/")}
     assert static, names
     assert static == {f"chat/static/{rel.as_posix()}" for rel in tree_files(ROOT / "static")}
+
+
+# --- 9: help
+
+
+def test_help_names_the_installed_program_and_the_token_command() -> None:
+    """`chat --help` says `usage: chat` (not `python -m chat`) and shows `chat token`."""
+    script = Path(sys.executable).parent / "chat"
+    assert script.exists(), f"{script}: the installed `chat` script is missing"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True,
+                          timeout=STARTUP_TIMEOUT, check=False, env=server_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: chat "), done.stdout
+    assert "chat token NICK" in done.stdout, done.stdout
+    token = subprocess.run([str(script), "token", "--help"], capture_output=True, text=True,
+                           timeout=STARTUP_TIMEOUT, check=False, env=server_env())
+    assert token.stdout.startswith("usage: chat token "), token.stdout
+
+
+def test_help_under_dash_m_names_python_dash_m_chat() -> None:
+    """`python -m chat --help` says `usage: python -m chat` and shows the token command."""
+    done = run_chat("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m chat "), done.stdout
+    assert "python -m chat token NICK" in done.stdout, done.stdout

@@ -32,11 +32,9 @@ from chat.client.state import (
 from chat.keys import METRICS
 from chat.protocol import Close
 from chat.ratelimit import TokenBucket
-from tests.conftest import FAST, Connect, make_config
+from tests.conftest import Connect
+from tests.helpers import DEADLINE, FAST, make_config
 from tests.serverproc import ServerProcess, server_env, write_config
-
-DEADLINE: Final = 5.0  # s: the most any single wait may take
-ROOT: Final = Path(__file__).parents[1]
 
 
 class TopRandom(random.Random):
@@ -923,7 +921,7 @@ async def test_terminal_front_end_sends_stdin_lines_and_prints_the_room(
             sys.executable, "-m", "chat.client", "--url", server.ws_url, "--nick", "bob",
             "--room", "lobby",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=server_env(), cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE, env=server_env(), cwd=tmp_path,
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:

@@ -14,9 +14,8 @@ from aiohttp.test_utils import TestClient
 from chat import protocol
 from chat.app import create_app
 from chat.keys import HUB
-from tests.conftest import DEADLINE, Peer, make_config
+from tests.helpers import DEADLINE, Peer, abort, make_config
 from tests.rawws import RawWebSocket, masked_frame
-from tests.test_upgrade import abort
 
 Client = TestClient[Any, Any]
 CLOSED = re.compile(r'^chat_connections_closed_total\{code="([^"]*)"\} (\S+)$', re.MULTILINE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from chat.app import create_app
 from chat.config import Config
 from chat.keys import HUB, METRICS
-from tests.conftest import DEADLINE, Peer, make_config, merge
+from tests.helpers import DEADLINE, Peer, make_config, merge, until
 from tests.redisproc import RedisServer
 
 Node = TestClient[Any, Any]
@@ -34,12 +34,6 @@ def cluster_config(url: str, extra: dict[str, Any] | None = None) -> Config:
         "cleanup": {"interval": 0.2},
     }
     return make_config(merge(base, extra or {}))
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 MakeNode = Callable[..., Awaitable[Node]]
@@ -82,12 +76,6 @@ async def say_seen(
                 message = frame
     return ack, message
 
-
-async def until(predicate: Callable[[], Any], timeout: float = DEADLINE) -> None:
-    """Poll a condition of the server's state (it has no event to wait on), bounded."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def test_message_said_on_one_node_reaches_the_other(make_node: MakeNode) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import DEADLINE, Peer
+from tests.helpers import DEADLINE, Peer
 from tests.redisproc import RedisServer, free_port
 from tests.serverproc import ServerProcess, write_config
 
@@ -40,12 +39,6 @@ def start_node(tmp_path: Path, url: str, name: str) -> ServerProcess:
     node = ServerProcess("--config", str(config), cwd=config.parent)
     node.start()
     return node
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import WSMsgType
 
 from chat.client import ChatClient
+from tests.helpers import DEADLINE
 from tests.serverproc import ServerProcess, write_config
 
-DEADLINE: Final = 5.0  # s: the most any single network wait may take
 SEED: Final = 20240611
 
 BASE: Final[dict[str, Any]] = {

@@ -1,4 +1,7 @@
-"""History: the SQLite backend, and the behaviours it shares with the memory backend."""
+"""History: what only the SQLite backend does (files, restarts, batching, migrations).
+
+What every backend does is in test_store_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +13,18 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from chat.app import create_app
-from chat.history import HistoryOpenError, HistoryStore, Message
+from chat.history import HistoryOpenError, HistoryStore, Message, NewMessage
 from chat.history import sqlite as sqlite_backend
-from chat.history.memory import MemoryHistory
 from chat.history.sqlite import MIGRATIONS, SqliteHistory
-from tests.conftest import DEADLINE, Peer, make_config
+from tests.helpers import DEADLINE, Peer, append, epoch_of, fill, ids, make_config, within
 
-T = TypeVar("T")
-NewStore = Callable[..., Awaitable[HistoryStore]]
 OpenSqlite = Callable[..., Awaitable[SqliteHistory]]
-
-
-async def within(awaitable: Awaitable[T]) -> T:
-    return await asyncio.wait_for(awaitable, DEADLINE)
-
-
-async def append(
-    store: HistoryStore, room: str, text: str, cid: str | None = None, *, key: str = "alice"
-) -> tuple[Message, bool]:
-    return await within(store.append(room, key, key, text, cid, 1000))
-
-
-async def fill(store: HistoryStore, room: str, count: int, *, key: str = "alice") -> None:
-    for n in range(1, count + 1):
-        await within(store.append(room, key, key, f"m{n}", None, 1000 + n))
-
-
-def ids(messages: list[Message]) -> list[int]:
-    return [m.id for m in messages]
-
-
-async def epoch_of(store: HistoryStore) -> str:
-    return (await within(store.replay("any", None, None, 0, 500))).epoch
 
 
 @pytest.fixture
@@ -72,23 +49,6 @@ def sqlite_store(tmp_path: Path, opened: list[HistoryStore]) -> OpenSqlite:
     return make
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def new_store(
-    request: pytest.FixtureRequest, tmp_path: Path, opened: list[HistoryStore]
-) -> NewStore:
-    """Open a store of each backend: the shared tests hold for both."""
-
-    async def make(retain: int = 100) -> HistoryStore:
-        store: HistoryStore
-        if request.param == "memory":
-            store = MemoryHistory(retain)
-        else:
-            store = SqliteHistory(str(tmp_path / f"shared{len(opened)}.db"), retain)
-        await within(store.open())
-        opened.append(store)
-        return store
-
-    return make
 
 
 async def reopen(store: SqliteHistory, retain: int | None = None) -> SqliteHistory:
@@ -97,325 +57,6 @@ async def reopen(store: SqliteHistory, retain: int | None = None) -> SqliteHisto
     again = SqliteHistory(store.path, store.retain if retain is None else retain)
     await within(again.open())
     return again
-
-
-# --------------------------------------------------------------------------- both backends
-
-
-async def test_ids_consecutive_from_one(new_store: NewStore) -> None:
-    """Ids in a room are 1, 2, 3, … with no gap, each append new."""
-    store = await new_store()
-    got = [await append(store, "lobby", f"t{n}") for n in range(5)]
-    assert [m.id for m, _ in got] == [1, 2, 3, 4, 5]
-    assert all(new for _, new in got)
-
-
-async def test_append_returns_stored_message(new_store: NewStore) -> None:
-    """append returns the message as stored, with its room, nick, text, ts and cid."""
-    store = await new_store()
-    message, new = await within(store.append("lobby", "Alice", "alice", "hi", "c1", 1234))
-    assert new is True
-    assert message == Message("lobby", 1, "Alice", "hi", 1234, "c1")
-    assert (await within(store.page("lobby", None, 10))).messages == [message]
-
-
-async def test_rooms_have_independent_ids(new_store: NewStore) -> None:
-    """Each room counts its own ids from 1."""
-    store = await new_store()
-    await fill(store, "a", 3)
-    assert (await append(store, "b", "x"))[0].id == 1
-    assert (await append(store, "a", "x"))[0].id == 4
-
-
-async def test_retain_trims_oldest(new_store: NewStore) -> None:
-    """Only the newest `retain` messages stay; ids keep counting."""
-    store = await new_store(retain=3)
-    await fill(store, "lobby", 7)
-    page = await within(store.page("lobby", None, 100))
-    assert (ids(page.messages), page.more) == ([5, 6, 7], False)
-    assert (await append(store, "lobby", "m8"))[0].id == 8
-
-
-async def test_retain_is_per_room(new_store: NewStore) -> None:
-    """Trimming one room does not touch another."""
-    store = await new_store(retain=2)
-    await fill(store, "a", 2)
-    await fill(store, "b", 5)
-    assert ids((await within(store.page("a", None, 100))).messages) == [1, 2]
-    assert ids((await within(store.page("b", None, 100))).messages) == [4, 5]
-
-
-async def test_cid_dedup_returns_original(new_store: NewStore) -> None:
-    """append with a stored (room, key, cid) returns the original and False."""
-    store = await new_store()
-    original, new = await within(store.append("lobby", "Alice", "alice", "hi", "c1", 100))
-    assert new is True
-    again, new = await within(store.append("lobby", "ALICE", "alice", "other", "c1", 200))
-    assert (again, new) == (original, False)
-    assert await within(store.rooms()) == {"lobby": 1}
-
-
-async def test_cid_dedup_is_per_key_and_room(new_store: NewStore) -> None:
-    """The same cid from another key, or in another room, is a new message."""
-    store = await new_store()
-    await append(store, "lobby", "hi", "c1", key="alice")
-    other_key, new_key = await append(store, "lobby", "hi", "c1", key="bob")
-    other_room, new_room = await append(store, "den", "hi", "c1", key="alice")
-    assert (other_key.id, new_key) == (2, True)
-    assert (other_room.room, other_room.id, new_room) == ("den", 1, True)
-
-
-async def test_without_cid_never_dedups(new_store: NewStore) -> None:
-    """Messages without a cid are always new, even with equal text."""
-    store = await new_store()
-    await append(store, "lobby", "hi")
-    message, new = await append(store, "lobby", "hi")
-    assert (message.id, new) == (2, True)
-
-
-async def test_find(new_store: NewStore) -> None:
-    """find returns the stored message for (room, key, cid), else None."""
-    store = await new_store()
-    message, _ = await append(store, "lobby", "hi", "c1")
-    assert await within(store.find("lobby", "alice", "c1")) == message
-    assert await within(store.find("lobby", "bob", "c1")) is None
-    assert await within(store.find("lobby", "alice", "c2")) is None
-    assert await within(store.find("elsewhere", "alice", "c1")) is None
-
-
-async def test_cid_forgotten_with_trimmed_message(new_store: NewStore) -> None:
-    """Once a message is trimmed its cid is forgotten and may be stored again."""
-    store = await new_store(retain=2)
-    await append(store, "lobby", "first", "c1")
-    await append(store, "lobby", "second", "c2")
-    await append(store, "lobby", "third", "c3")
-    assert await within(store.find("lobby", "alice", "c1")) is None
-    assert await within(store.find("lobby", "alice", "c2")) is not None
-    message, new = await append(store, "lobby", "first again", "c1")
-    assert (message.id, new) == (4, True)
-
-
-async def test_concurrent_duplicates_store_once(new_store: NewStore) -> None:
-    """Two appends of one cid at once store one message; both get it, one as new."""
-    store = await new_store()
-    results = await within(asyncio.gather(
-        store.append("lobby", "alice", "alice", "hi", "c1", 1),
-        store.append("lobby", "alice", "alice", "hi", "c1", 2),
-    ))
-    assert results[0][0] == results[1][0]
-    assert sorted(new for _, new in results) == [False, True]
-    assert await within(store.rooms()) == {"lobby": 1}
-
-
-async def test_concurrent_appends_resolve_in_id_order(new_store: NewStore) -> None:
-    """Appends to one room made at once get ids 1..n and return in id order."""
-    store = await new_store()
-    order: list[int] = []
-
-    async def say(n: int) -> None:
-        message, _ = await store.append("lobby", "alice", "alice", f"m{n}", f"c{n}", n)
-        order.append(message.id)
-
-    await within(asyncio.gather(*(say(n) for n in range(50))))
-    assert order == list(range(1, 51))
-
-
-async def test_stored_runs_in_id_order_before_append_returns(new_store: NewStore) -> None:
-    """`stored` gets each answer in id order, before that append returns to its caller."""
-    store = await new_store()
-    announced: list[tuple[int, bool]] = []
-
-    async def say(n: int) -> None:
-        message, new = await store.append(
-            "lobby", "alice", "alice", f"m{n}", f"c{n % 40}", n,
-            lambda m, created: announced.append((m.id, created)),
-        )
-        assert (message.id, new) in announced
-
-    await within(asyncio.gather(*(say(n) for n in range(50))))
-    assert [msg_id for msg_id, new in announced if new] == list(range(1, 41))
-    assert sorted(msg_id for msg_id, new in announced if not new) == list(range(1, 11))
-
-
-async def test_stored_that_raises_keeps_the_message(
-    new_store: NewStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A failing `stored` is logged; the append still returns the stored message."""
-    store = await new_store()
-
-    def broken(message: Message, created: bool) -> None:
-        raise ValueError("broken callback")
-
-    message, new = await within(store.append("lobby", "alice", "alice", "hi", "c1", 1, broken))
-    assert (message.id, new) == (1, True)
-    assert "broken callback" in caplog.text
-    assert await within(store.find("lobby", "alice", "c1")) == message
-
-
-@pytest.mark.parametrize("head_start", [0, 1, 2, 3, 5])
-async def test_reads_never_run_ahead_of_acks(new_store: NewStore, head_start: int) -> None:
-    """A replay or page shows a message only after its append has returned to the sender."""
-    # The hub broadcasts as append returns and filters what a joining connection holds by
-    # the replay's last_id: a replay that saw a message before its broadcast would make
-    # the joining connection receive it twice.
-    store = await new_store()
-    events: list[tuple[str, int]] = []
-
-    async def say(n: int) -> None:
-        message, _ = await store.append("lobby", "alice", "alice", f"m{n}", None, n)
-        events.append(("acked", message.id))
-
-    async def join() -> None:
-        replay = await store.replay("lobby", None, None, 50, 500)
-        events.extend(("replayed", msg_id) for msg_id in ids(replay.messages))
-        page = await store.page("lobby", None, 50)
-        events.extend(("paged", msg_id) for msg_id in ids(page.messages))
-
-    async def scenario() -> None:
-        says = [asyncio.ensure_future(say(n)) for n in range(3)]
-        for _ in range(head_start):
-            await asyncio.sleep(0)
-        await join()
-        await asyncio.gather(*says)
-
-    await within(scenario())
-    for position, (kind, msg_id) in enumerate(events):
-        if kind != "acked":
-            assert ("acked", msg_id) in events[:position], events
-
-
-@pytest.mark.parametrize(
-    ("retain", "count", "since", "epoch_ok", "replay", "want", "complete"),
-    [
-        (100, 10, None, True, 3, [8, 9, 10], True),  # fresh join: newest `replay`
-        (100, 2, None, True, 50, [1, 2], True),  # fresh join in a small room
-        (100, 10, 2, True, 3, [3, 4, 5, 6, 7, 8, 9, 10], True),  # since: all after it
-        (100, 4, 4, True, 50, [], True),  # since == last_id
-        (3, 10, 2, True, 50, [8, 9, 10], False),  # since older than retained
-        (3, 10, 7, True, 50, [8, 9, 10], True),  # since at the retention edge
-        (100, 10, 2, False, 3, [8, 9, 10], False),  # another epoch: fresh, incomplete
-        (100, 5, 9, True, 2, [4, 5], False),  # since beyond last_id
-        (100, 5, None, True, 0, [], True),  # replay count 0
-        (3, 10, 0, True, 50, [8, 9, 10], False),  # since 0 after trimming
-    ],
-)
-async def test_replay(
-    new_store: NewStore,
-    retain: int,
-    count: int,
-    since: int | None,
-    epoch_ok: bool,
-    replay: int,
-    want: list[int],
-    complete: bool,
-) -> None:
-    """A join replays what plan_replay decides, from what is stored."""
-    store = await new_store(retain=retain)
-    await fill(store, "lobby", count)
-    epoch = await epoch_of(store)
-    client_epoch = epoch if epoch_ok else "x" + epoch
-    got = await within(store.replay("lobby", since, client_epoch, replay, 500))
-    assert (ids(got.messages), got.complete, got.last_id, got.epoch) == (
-        want, complete, count, epoch
-    )
-
-
-@pytest.mark.parametrize(
-    ("since", "recover", "want", "complete"),
-    [
-        (0, 3, [8, 9, 10], False),  # 10 after since, only the newest 3
-        (6, 3, [8, 9, 10], False),
-        (7, 3, [8, 9, 10], True),  # exactly the cap: nothing left out
-        (9, 3, [10], True),
-        (10, 3, [], True),
-        (5, 0, [], False),
-    ],
-)
-async def test_replay_recovery_is_capped(
-    new_store: NewStore, since: int, recover: int, want: list[int], complete: bool
-) -> None:
-    """A join with since gets at most the newest `recover` after it; complete says if all."""
-    store = await new_store()
-    await fill(store, "lobby", 10)
-    epoch = await epoch_of(store)
-    got = await within(store.replay("lobby", since, epoch, 50, recover))
-    assert (ids(got.messages), got.complete, got.last_id) == (want, complete, 10)
-
-
-async def test_replay_unknown_room(new_store: NewStore) -> None:
-    """A room with no messages replays nothing, complete, last_id 0."""
-    store = await new_store()
-    epoch = await epoch_of(store)
-    for since in (None, 0):
-        got = await within(store.replay("empty", since, epoch, 50, 500))
-        assert (got.messages, got.complete, got.last_id) == ([], True, 0)
-
-
-@pytest.mark.parametrize(
-    ("retain", "count", "before", "limit", "want", "more"),
-    [
-        (100, 10, None, 4, [7, 8, 9, 10], True),  # newest page
-        (100, 10, 7, 3, [4, 5, 6], True),  # before pages back
-        (100, 10, 4, 3, [1, 2, 3], False),  # reaching message 1
-        (100, 10, 4, 50, [1, 2, 3], False),
-        (100, 5, None, 5, [1, 2, 3, 4, 5], False),  # exact fit
-        (4, 10, None, 4, [7, 8, 9, 10], False),  # older ones trimmed: no more
-        (4, 10, 9, 1, [8], True),
-        (100, 5, 1, 10, [], False),  # nothing before message 1
-        (100, 5, 0, 10, [], False),
-        (3, 10, 5, 10, [], False),  # before inside the trimmed range
-        (100, 5, 1000, 2, [4, 5], True),  # before past the newest
-        (100, 5, 10**30, 2, [4, 5], True),  # before past any integer SQLite holds
-    ],
-)
-async def test_page(
-    new_store: NewStore,
-    retain: int,
-    count: int,
-    before: int | None,
-    limit: int,
-    want: list[int],
-    more: bool,
-) -> None:
-    """A history page holds up to `limit` messages before `before`, ascending, with more."""
-    store = await new_store(retain=retain)
-    await fill(store, "lobby", count)
-    page = await within(store.page("lobby", before, limit))
-    assert (ids(page.messages), page.more) == (want, more)
-
-
-async def test_page_unknown_room(new_store: NewStore) -> None:
-    """A room without messages pages to nothing."""
-    store = await new_store()
-    page = await within(store.page("nobody", None, 50))
-    assert (page.messages, page.more) == ([], False)
-
-
-async def test_rooms_lists_last_ids(new_store: NewStore) -> None:
-    """rooms() maps every room with messages to its newest id, trimmed or not."""
-    store = await new_store(retain=2)
-    assert await within(store.rooms()) == {}
-    await fill(store, "a", 3)
-    await fill(store, "b", 1)
-    assert await within(store.rooms()) == {"a": 3, "b": 1}
-
-
-async def test_rooms_pages_by_name(new_store: NewStore) -> None:
-    """rooms(after, limit) holds at most `limit` rooms whose names sort after `after`."""
-    store = await new_store()
-    for room in ("d", "b", "a-1", "c", "a"):
-        await fill(store, room, 1)
-    assert list(await within(store.rooms())) == ["a", "a-1", "b", "c", "d"]
-    assert await within(store.rooms(None, 2)) == {"a": 1, "a-1": 1}
-    assert list(await within(store.rooms("a-1", 2))) == ["b", "c"]
-    assert list(await within(store.rooms("bz", 10))) == ["c", "d"]
-    assert await within(store.rooms("d", 10)) == {}
-
-
-async def test_check_ok(new_store: NewStore) -> None:
-    """check() answers ok on an open store."""
-    store = await new_store()
-    assert await within(store.check()) == "ok"
 
 
 # --------------------------------------------------------------------------- restarts
@@ -513,13 +154,14 @@ async def test_ids_continue_when_retention_left_nothing(sqlite_store: OpenSqlite
 
 CRASH_SCRIPT = """
 import asyncio, os, sys
+from chat.history import NewMessage
 from chat.history.sqlite import SqliteHistory
 
 async def main():
     store = SqliteHistory(sys.argv[1], 100)
     await store.open()
     for n in range(3):
-        await store.append("lobby", "alice", "alice", f"m{n}", f"c{n}", n)
+        await store.append(NewMessage("lobby", "alice", "alice", f"m{n}", f"c{n}", n))
     os._exit(0)  # no close: what was acknowledged must already be in the file
 
 asyncio.run(main())
@@ -551,7 +193,9 @@ async def test_group_commit_orders_and_batches(sqlite_store: OpenSqlite) -> None
     order: list[int] = []
 
     async def say(n: int) -> None:
-        message, new = await store.append("lobby", "alice", "alice", f"m{n}", f"c{n}", n)
+        message, new = await store.append(
+            NewMessage("lobby", "alice", "alice", f"m{n}", f"c{n}", n)
+        )
         assert new
         order.append(message.id)
 
@@ -568,8 +212,8 @@ async def test_large_batch_with_repeats_across_rooms(sqlite_store: OpenSqlite) -
     says = []
     for n in range(1300):
         room = "ab"[n % 2]
-        says.append(store.append(room, "alice", "alice", f"m{n}", f"c{n // 3}", n))
-    says.append(store.append("a", "alice", "alice", "again", "old", 0))
+        says.append(store.append(NewMessage(room, "alice", "alice", f"m{n}", f"c{n // 3}", n)))
+    says.append(store.append(NewMessage("a", "alice", "alice", "again", "old", 0)))
     results = await within(asyncio.gather(*says))
     new = [m for m, created in results if created]
     # c{k} is said 3 times (n = 3k, 3k+1, 3k+2): once per room it lands in first.
@@ -622,10 +266,12 @@ async def test_appends_during_a_commit_join_the_next_batch(sqlite_store: OpenSql
     """Appends made while a batch commits are stored by the next commit, in order."""
     store = await sqlite_store()
     held = HeldWrites(store)
-    first = asyncio.ensure_future(store.append("lobby", "alice", "alice", "one", None, 1))
+    first = asyncio.ensure_future(store.append(
+        NewMessage("lobby", "alice", "alice", "one", None, 1)
+    ))
     await held.entered()
     later = [
-        asyncio.ensure_future(store.append("lobby", "alice", "alice", f"m{n}", None, n))
+        asyncio.ensure_future(store.append(NewMessage("lobby", "alice", "alice", f"m{n}", None, n)))
         for n in range(5)
     ]
     await queued(store, 5)
@@ -639,11 +285,15 @@ async def test_append_of_a_gone_sender_is_not_stored(sqlite_store: OpenSqlite) -
     """An append cancelled before its batch is taken stores nothing and uses no id."""
     store = await sqlite_store()
     held = HeldWrites(store)
-    first = asyncio.ensure_future(store.append("lobby", "alice", "alice", "first", None, 1))
+    first = asyncio.ensure_future(store.append(
+        NewMessage("lobby", "alice", "alice", "first", None, 1)
+    ))
     await held.entered()
     calls: list[Message] = []
     gone = asyncio.ensure_future(
-        store.append("lobby", "alice", "alice", "gone", "c1", 1, lambda m, _: calls.append(m))
+        store.append(
+            NewMessage("lobby", "alice", "alice", "gone", "c1", 1), lambda m, _: calls.append(m)
+        )
     )
     await queued(store, 1)
     gone.cancel()
@@ -670,7 +320,7 @@ async def test_taken_append_is_stored_and_announced_though_its_caller_is_gone(
         announced.set()
 
     caller = asyncio.ensure_future(
-        store.append("lobby", "alice", "alice", "last words", "c1", 1, stored)
+        store.append(NewMessage("lobby", "alice", "alice", "last words", "c1", 1), stored)
     )
     await held.entered()
     caller.cancel()
@@ -695,7 +345,7 @@ async def test_many_appenders_are_all_answered(sqlite_store: OpenSqlite) -> None
             got = []
             for k in range(60):
                 message, new = await store.append(
-                    f"r{n % 4}", f"n{n}", f"n{n}", "text", f"c{k}", k
+                    NewMessage(f"r{n % 4}", f"n{n}", f"n{n}", "text", f"c{k}", k)
                 )
                 assert new
                 got.append(message.id)
@@ -717,12 +367,16 @@ async def test_repeat_of_a_stored_cid_among_new_messages(sqlite_store: OpenSqlit
     store = await sqlite_store()
     original, _ = await append(store, "lobby", "first", "c1")
     held = HeldWrites(store)
-    blocker = asyncio.ensure_future(store.append("other", "alice", "alice", "x", None, 1))
+    blocker = asyncio.ensure_future(store.append(
+        NewMessage("other", "alice", "alice", "x", None, 1)
+    ))
     await held.entered()
     batch = [
-        asyncio.ensure_future(store.append("lobby", "alice", "alice", "a", "c2", 2)),
-        asyncio.ensure_future(store.append("lobby", "alice", "alice", "first", "c1", 3)),
-        asyncio.ensure_future(store.append("lobby", "alice", "alice", "b", None, 4)),
+        asyncio.ensure_future(store.append(NewMessage("lobby", "alice", "alice", "a", "c2", 2))),
+        asyncio.ensure_future(store.append(
+            NewMessage("lobby", "alice", "alice", "first", "c1", 3)
+        )),
+        asyncio.ensure_future(store.append(NewMessage("lobby", "alice", "alice", "b", None, 4))),
     ]
     await queued(store, 3)
     held.release()
@@ -748,12 +402,14 @@ async def test_failed_commit_fails_the_batch(sqlite_store: OpenSqlite) -> None:
     await within(store.open())
     try:
         held = HeldWrites(store)
-        blocker = asyncio.ensure_future(store.append("third", "alice", "alice", "x", None, 0))
+        blocker = asyncio.ensure_future(store.append(
+            NewMessage("third", "alice", "alice", "x", None, 0)
+        ))
         await held.entered()
         calls: list[Message] = []
         batch = [
             asyncio.ensure_future(store.append(
-                room, "alice", "alice", text, cid, 1, lambda m, _: calls.append(m)
+                NewMessage(room, "alice", "alice", text, cid, 1), lambda m, _: calls.append(m)
             ))
             for room, text, cid in [("lobby", "fine", "c1"), ("lobby", "boom", "c2"),
                                     ("other", "fine", "c3")]
@@ -778,7 +434,7 @@ async def test_close_stores_what_is_queued(sqlite_store: OpenSqlite) -> None:
     """close() waits for queued appends to be stored and acknowledged."""
     store = await sqlite_store()
     pending = [
-        asyncio.ensure_future(store.append("lobby", "alice", "alice", f"m{n}", None, n))
+        asyncio.ensure_future(store.append(NewMessage("lobby", "alice", "alice", f"m{n}", None, n)))
         for n in range(20)
     ]
     await asyncio.sleep(0)
@@ -786,7 +442,7 @@ async def test_close_stores_what_is_queued(sqlite_store: OpenSqlite) -> None:
     assert all(task.done() and not task.cancelled() for task in pending)
     assert [task.result()[0].id for task in pending] == list(range(1, 21))
     with pytest.raises(RuntimeError):
-        await within(store.append("lobby", "alice", "alice", "late", None, 1))
+        await within(store.append(NewMessage("lobby", "alice", "alice", "late", None, 1)))
     assert await within(store.check()) == "not open"
     store = await reopen(store)
     try:

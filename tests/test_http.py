@@ -7,7 +7,8 @@ from typing import Any
 
 from chat.app import create_app
 from chat.keys import HISTORY
-from tests.conftest import Connect, make_config
+from tests.conftest import Connect
+from tests.helpers import make_config
 
 
 async def test_healthz(client: Any) -> None:

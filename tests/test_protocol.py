@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import sys
 import unicodedata
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import orjson
 import pytest
 
 from chat import protocol
+from chat.history import Message
+from chat.history.redis import _frame_parts
 from chat.protocol import (
+    Close,
+    ErrorCode,
     Hello,
     HistoryRequest,
     Invalid,
@@ -665,18 +670,105 @@ def test_close_frame_truncation_keeps_reason_valid_utf8() -> None:
 
 
 def test_close_codes_of_the_contract() -> None:
-    """The Close constants carry the contract's codes."""
-    close = protocol.Close
-    assert (close.NORMAL, close.GOING_AWAY, close.UNSUPPORTED, close.INVALID_DATA) == (
-        1000,
-        1001,
-        1003,
-        1007,
-    )
-    assert (close.POLICY, close.TOO_BIG, close.INTERNAL) == (1008, 1009, 1011)
-    assert (
-        close.HEARTBEAT_TIMEOUT,
-        close.SLOW_CONSUMER,
-        close.REPLACED,
-        close.UNAUTHORIZED,
-    ) == (4000, 4001, 4002, 4003)
+    """Close carries the contract's codes, as plain ints on the wire."""
+    assert [int(code) for code in Close] == [
+        1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4000, 4001, 4002, 4003
+    ]
+    assert (Close.REPLACED, Close.UNAUTHORIZED) == (4002, 4003)
+    assert orjson.dumps({"code": Close.NORMAL}) == b'{"code":1000}'
+    assert f"{Close.SLOW_CONSUMER}" == "4001"
+
+
+# --- the wire format: every server frame from one builder, bytes unchanged
+
+MESSAGE_ARGS: Final = ("lobby", 7, "Zoë", 'say "hi"\n\u2028 🙂', 1_700_000_000_123, "c-1")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(
+            error_frame(ErrorCode.RATE_LIMITED, "slow down", "c1", 0.5),
+            b'{"type":"error","code":"rate_limited","message":"slow down","ref":"c1",'
+            b'"retry_after":0.5}',
+            id="error",
+        ),
+        pytest.param(pong_frame(1, 2), b'{"type":"pong","t":1,"ts":2}', id="pong"),
+        pytest.param(
+            protocol.welcome_frame("s1", "ann", ["a"], {"heartbeat": {"interval": 10}}),
+            b'{"type":"welcome","version":1,"session":"s1","nick":"ann","rooms":["a"],'
+            b'"heartbeat":{"interval":10}}',
+            id="welcome",
+        ),
+        pytest.param(
+            protocol.settings_frame({"heartbeat": {"interval": 1}}),
+            b'{"type":"settings","heartbeat":{"interval":1}}',
+            id="settings",
+        ),
+        pytest.param(
+            protocol.message_frame("r", 1, "n", "t", 5, None),
+            b'{"type":"message","room":"r","id":1,"nick":"n","text":"t","ts":5,"cid":null}',
+            id="message",
+        ),
+        pytest.param(
+            protocol.joined_frame("r", "e", ["b", "A"], [protocol.message_fields(
+                "r", 1, "n", "t", 5, "c")], True),
+            b'{"type":"joined","room":"r","epoch":"e","members":["A","b"],"messages":['
+            b'{"type":"message","room":"r","id":1,"nick":"n","text":"t","ts":5,"cid":"c"}],'
+            b'"complete":true}',
+            id="joined",
+        ),
+        pytest.param(
+            protocol.history_frame("r", [], False),
+            b'{"type":"history","room":"r","messages":[],"more":false}',
+            id="history",
+        ),
+        pytest.param(protocol.left_frame("r"), b'{"type":"left","room":"r"}', id="left"),
+        pytest.param(
+            protocol.ack_frame("c", "r", 3, 9),
+            b'{"type":"ack","cid":"c","room":"r","id":3,"ts":9}',
+            id="ack",
+        ),
+        pytest.param(
+            protocol.typing_frame("r", "n"), b'{"type":"typing","room":"r","nick":"n"}',
+            id="typing",
+        ),
+        pytest.param(
+            protocol.presence_frame("r", "leave", "n", "timeout"),
+            b'{"type":"presence","room":"r","event":"leave","nick":"n","reason":"timeout"}',
+            id="presence",
+        ),
+    ],
+)
+def test_frame_bytes(data: bytes, expected: bytes) -> None:
+    """Each builder's bytes, key order included, are exactly the contract's."""
+    assert data == expected
+
+
+@pytest.mark.parametrize("cid", ["c-1", None])
+def test_redis_frame_parts_splice_to_the_protocol_bytes(cid: str | None) -> None:
+    """The Redis store's spliced `message` frame equals protocol.message_frame byte for byte."""
+    room, msg_id, nick, text, ts, _ = MESSAGE_ARGS
+    head, tail = _frame_parts(room, nick, text, ts, cid)
+    spliced = head + str(msg_id).encode() + tail
+    assert spliced == protocol.message_frame(room, msg_id, nick, text, ts, cid)
+    message = Message(room, msg_id, nick, text, ts, cid)
+    assert spliced == message.encoded() == orjson.dumps(message.frame())
+
+
+def _doc_table(heading: str) -> list[str]:
+    """The first column of the table under `## heading` in docs/protocol.md."""
+    text = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [row.split("|")[1].strip().strip("`") for row in rows[1:]]  # past the header
+
+
+def test_protocol_doc_lists_the_error_codes() -> None:
+    """docs/protocol.md's error code table is ErrorCode, in the same order."""
+    assert _doc_table("Error codes") == [code.value for code in ErrorCode]
+
+
+def test_protocol_doc_lists_the_close_codes() -> None:
+    """docs/protocol.md's close code table is Close, in the same order."""
+    assert _doc_table("Close codes") == [str(int(code)) for code in Close]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from chat.app import create_app
-from tests.conftest import Peer, make_config
+from tests.helpers import Peer, make_config
 
 
 @pytest.fixture

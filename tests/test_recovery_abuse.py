@@ -18,7 +18,7 @@ from typing import Final
 import aiohttp
 import pytest
 
-from tests.conftest import DEADLINE, Peer
+from tests.helpers import DEADLINE, Peer
 from tests.rawws import RawWebSocket
 from tests.serverproc import ServerProcess, write_config
 

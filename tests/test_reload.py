@@ -14,7 +14,7 @@ from chat.config import Config, ConfigError
 from chat.keys import CONFIG, HUB, PROXIES
 from chat.reload import plan
 from chat.settings import settings_fields
-from tests.conftest import Peer, make_config
+from tests.helpers import Peer, make_config
 
 
 def test_plan_same_configuration_changes_nothing() -> None:

@@ -12,10 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from tests.conftest import merge
+from tests.helpers import DEADLINE, merge
 from tests.serverproc import ServerProcess, write_config
 
-DEADLINE: Final = 5.0  # s: the most any single wait may take
 RELOADED: Final = "configuration reloaded from"
 NOT_RELOADED: Final = "configuration not reloaded"
 

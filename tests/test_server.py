@@ -13,7 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from chat.server import ACCEPT_OUT_OF_RESOURCES, AcceptErrorLog, log_due
-from tests.conftest import DEADLINE, Peer, make_config, serve
+from tests.conftest import serve
+from tests.helpers import DEADLINE, Peer, make_config
 from tests.serverproc import ServerProcess, write_config
 
 Client = TestClient[Any, Any]

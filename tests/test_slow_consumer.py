@@ -14,8 +14,7 @@ from aiohttp.test_utils import TestClient
 from chat.app import create_app
 from chat.keys import HUB
 from chat.protocol import Close, nick_key
-from tests.conftest import DEADLINE, Peer, make_config
-from tests.test_upgrade import gauge, until
+from tests.helpers import DEADLINE, Peer, gauge, make_config, until
 
 Client = TestClient[Any, Any]
 

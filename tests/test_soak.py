@@ -12,8 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from chat.app import create_app
 from chat.keys import HUB
-from tests.conftest import DEADLINE, Peer, make_config
-from tests.test_upgrade import abort, gauge, until
+from tests.helpers import DEADLINE, Peer, abort, gauge, make_config, until
 
 ROUNDS: Final = 4
 CLIENTS: Final = 100  # per round, all at once

@@ -12,9 +12,9 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import WSMsgType
 
+from tests.helpers import DEADLINE
 from tests.serverproc import ServerProcess, write_config
 
-DEADLINE: Final = 5.0
 FREEZE: Final = 2.0  # s the server is stopped: more than three heartbeat timeouts
 CONFIG: Final[dict[str, Any]] = {
     "server": {"shutdown_timeout": 2},

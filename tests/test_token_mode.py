@@ -17,7 +17,7 @@ from chat.app import create_app
 from chat.auth import issue
 from chat.config import config_from_mapping
 from chat.keys import HUB
-from tests.conftest import DEADLINE, FAST, Peer, make_config, merge
+from tests.helpers import DEADLINE, FAST, Peer, make_config, merge
 from tests.serverproc import ServerProcess, run_chat, server_env, write_config
 
 SECRET: Final = "token-mode-test-secret-0123456789abcdef"

@@ -6,50 +6,23 @@ import asyncio
 import logging
 import socket
 import struct
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 from aiohttp.typedefs import LooseHeaders
 from multidict import CIMultiDict
 
-from chat.app import create_app
 from chat.keys import HUB
-from tests.conftest import DEADLINE, Peer, make_config
-
-Client = TestClient[Any, Any]
-
-
-async def until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Wait, with a deadline, until `condition()` holds (state the server changes by itself)."""
-    # The hub offers an event only for "empty"; other states are polled, bounded.
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
-
-def abort(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """Drop the client's TCP connection without a close frame, as a crashed peer would."""
-    ws._writer.transport.abort()
-
-
-async def gauge(client: Client, name: str = "chat_connections") -> float:
-    """A metric's value as /metrics renders it."""
-    response = await client.get("/metrics")
-    for line in (await response.text()).splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
-async def refused(client: Client, headers: LooseHeaders | None = None) -> int:
-    """The HTTP status of an upgrade the server refuses."""
-    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
-        ws = await client.ws_connect("/ws", headers=headers or {})
-        await ws.close()
-    return caught.value.status
+from tests.helpers import (
+    DEADLINE,
+    Client,
+    Peer,
+    abort,
+    app_client,
+    gauge,
+    refused,
+    until,
+)
 
 
 async def accepted(client: Client, headers: LooseHeaders | None = None) -> Peer:
@@ -58,11 +31,6 @@ async def accepted(client: Client, headers: LooseHeaders | None = None) -> Peer:
     await peer.send({"type": "ping", "t": 1})
     await peer.next_is("pong", t=1)
     return peer
-
-
-async def app_client(aiohttp_client: Any, extra: dict[str, Any] | None = None) -> Client:
-    client: Client = await aiohttp_client(create_app(make_config(extra)))
-    return client
 
 
 def own(client: Client) -> str:

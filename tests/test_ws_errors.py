@@ -9,13 +9,8 @@ from aiohttp import WSMsgType
 
 from chat.app import create_app
 from chat.keys import HUB
-from tests.conftest import Connect, Peer, make_config
-
-
-async def assert_still_serves(connect: Connect) -> None:
-    fresh = await connect("fresh")
-    await fresh.join("lobby")
-    await fresh.say("lobby", "still here")
+from tests.conftest import Connect
+from tests.helpers import Client, Peer, assert_still_serves, make_config
 
 
 @pytest.mark.parametrize(
@@ -41,7 +36,9 @@ async def assert_still_serves(connect: Connect) -> None:
         ('{"type": "hello", "nick": 5}', "bad_request", "hello"),
     ],
 )
-async def test_bad_frames_get_error(connect: Connect, raw: str, code: str, ref: str | None) -> None:
+async def test_bad_frames_get_error(
+    client: Client, connect: Connect, raw: str, code: str, ref: str | None
+) -> None:
     """Malformed frames get the contract's error code and ref, and the server goes on."""
     peer = await connect("alice")
     await peer.join("lobby")
@@ -49,10 +46,10 @@ async def test_bad_frames_get_error(connect: Connect, raw: str, code: str, ref: 
     error = await peer.next_is("error", code=code, ref=ref)
     assert isinstance(error["message"], str) and error["message"]
     await peer.say("lobby", "fine")
-    await assert_still_serves(connect)
+    await assert_still_serves(client)
 
 
-async def test_ten_errors_in_a_row_close_1008(connect: Connect) -> None:
+async def test_ten_errors_in_a_row_close_1008(client: Client, connect: Connect) -> None:
     """Ten errors in a row close with 1008 after the tenth error frame."""
     peer = await connect("alice")
     for _ in range(10):
@@ -60,7 +57,7 @@ async def test_ten_errors_in_a_row_close_1008(connect: Connect) -> None:
     for _ in range(10):
         await peer.next_is("error", code="bad_json")
     assert await peer.closed() == 1008
-    await assert_still_serves(connect)
+    await assert_still_serves(client)
 
 
 @pytest.mark.parametrize("reset", ['{"type": "ping"}', "~h#c~", '{"type":"join","room":"a"}'])
@@ -91,12 +88,12 @@ async def test_dropped_typing_neither_counts_nor_resets(connect: Connect) -> Non
     assert await peer.closed() == 1008
 
 
-async def test_binary_frame_closes_1003(connect: Connect) -> None:
+async def test_binary_frame_closes_1003(client: Client, connect: Connect) -> None:
     """A binary frame closes the connection with 1003."""
     peer = await connect("alice")
     await peer.ws.send_bytes(b"\x00\x01")
     assert await peer.closed() == 1003
-    await assert_still_serves(connect)
+    await assert_still_serves(client)
 
 
 async def test_oversize_frame_closes_1009(aiohttp_client: Any) -> None:
@@ -114,12 +111,12 @@ async def test_oversize_frame_closes_1009(aiohttp_client: Any) -> None:
     await fresh.hello("fresh")
 
 
-async def test_invalid_utf8_closes_1007(connect: Connect) -> None:
+async def test_invalid_utf8_closes_1007(client: Client, connect: Connect) -> None:
     """A text frame that is not valid UTF-8 closes with 1007."""
     peer = await connect("alice")
     await peer.ws.send_frame(b"\xff\xfe\xfd", WSMsgType.TEXT)
     assert await peer.closed() == 1007
-    await assert_still_serves(connect)
+    await assert_still_serves(client)
 
 
 async def test_rate_limited(aiohttp_client: Any) -> None:

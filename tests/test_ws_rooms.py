@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from chat.app import create_app
-from tests.conftest import Connect, Peer, SlowStorage, make_config
+from tests.conftest import Connect, SlowStorage
+from tests.helpers import Peer, make_config
 
 
 async def test_join_answers_joined_and_tells_others(connect: Connect) -> None:

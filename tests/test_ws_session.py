@@ -8,7 +8,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from chat.keys import CONFIG, HUB
-from tests.conftest import Connect, make_config
+from tests.conftest import Connect
+from tests.helpers import make_config
 
 
 async def test_welcome_carries_session_heartbeat_and_limits(connect: Connect, client: Any) -> None:

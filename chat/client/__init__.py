@@ -44,6 +44,7 @@ from chat.client.state import (
     retry_after,
     valid_cid,
 )
+from chat.protocol import ErrorCode
 
 __all__ = ["ChatClient", "ChatClosed", "ChatError", "Event", "RoomState", "backoff_delay"]
 
@@ -666,17 +667,17 @@ class ChatClient:
         message = str(frame.get("message", ""))
         loop = asyncio.get_running_loop()
         wait = retry_after(frame)
-        if code == "unavailable":
+        if code == ErrorCode.UNAVAILABLE:
             # The server cannot reach its store: whatever was refused is asked again.
             self._emit({"type": "status", "state": "unavailable", "retry_after": wait, "ref": ref})
         if link.welcome is None and ref == "hello":
-            if code == "unavailable":
+            if code == ErrorCode.UNAVAILABLE:
                 link.hello_retry = loop.call_later(wait, self._resend_hello, link)
                 return
             nxt = after_hello_error(code, self._welcomed_once)
             link.end = _End(nxt, f"hello refused: {code}: {message}", error=code)
             if nxt is Next.STOP:
-                link.abort = code == "unauthorized"  # the server closes with 4003 anyway
+                link.abort = code == ErrorCode.UNAUTHORIZED  # the server closes with 4003 anyway
             return
         if isinstance(ref, str) and ref in self._says:
             if code in RETRYABLE:
@@ -698,7 +699,7 @@ class ChatClient:
                     return
                 self._request_failed(request, ChatError(code, message, frame))
                 return
-        if code != "unavailable":  # already told as a status
+        if code != ErrorCode.UNAVAILABLE:  # already told as a status
             self._emit(frame)
 
     def _resend_hello(self, link: _Link) -> None:

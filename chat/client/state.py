@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from chat.protocol import MAX_CID, Close
+from chat.protocol import MAX_CID, Close, ErrorCode
 
 # 2 ** 60 * any sane base is past any sane cap; bounding the exponent keeps the float finite.
 _MAX_EXPONENT: Final = 60
@@ -22,7 +22,7 @@ MAX_SEND_RATE: Final = 20.0
 # what a server that does not announce one allows.
 DEFAULT_JOIN_RATE: Final = (5.0, 40.0)
 # Refusals that mean "not now": the request is kept and asked again after `retry_after`.
-RETRYABLE: Final = frozenset({"rate_limited", "unavailable"})
+RETRYABLE: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE})
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -53,12 +53,18 @@ def after_close(code: int | None) -> Next:
     return Next.RECONNECT
 
 
+# Refusals of `hello` that the same hello would get again.
+_HELLO_FATAL: Final = frozenset({
+    ErrorCode.NICK_TAKEN, ErrorCode.NICK_INVALID, ErrorCode.UNAUTHORIZED, ErrorCode.BAD_REQUEST
+})
+
+
 def after_hello_error(code: str, welcomed_before: bool) -> Next:
     """What an `error` answering `hello` asks of the client."""
-    if code == "nick_taken" and welcomed_before:
+    if code == ErrorCode.NICK_TAKEN and welcomed_before:
         # Our old connection may still hold the nick until the server times it out.
         return Next.RECONNECT
-    if code in ("nick_taken", "nick_invalid", "unauthorized", "bad_request"):
+    if code in _HELLO_FATAL:
         return Next.STOP
     return Next.RECONNECT
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chat import protocol
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,16 +48,24 @@ class Message:
     cid: str | None
 
     def frame(self) -> dict[str, Any]:
-        """The `message` frame exactly as broadcast (also the item of `joined`/`history`)."""
-        return {
-            "type": "message",
-            "room": self.room,
-            "id": self.id,
-            "nick": self.nick,
-            "text": self.text,
-            "ts": self.ts,
-            "cid": self.cid,
-        }
+        """The `message` frame as an object (the item of `joined` and `history`)."""
+        return protocol.message_fields(self.room, self.id, self.nick, self.text, self.ts, self.cid)
+
+    def encoded(self) -> bytes:
+        """The `message` frame exactly as broadcast."""
+        return protocol.message_frame(self.room, self.id, self.nick, self.text, self.ts, self.cid)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store: what `HistoryStore.append` takes. The store gives it its id."""
+
+    room: str
+    nick: str  # as shown
+    key: str  # the nick's comparison form: a cid is unique per (room, key)
+    text: str
+    cid: str | None
+    ts: int  # ms since the epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,16 +146,7 @@ class HistoryStore(Protocol):
     async def check(self) -> str:
         """'ok' when the backend answers, else a short reason."""
 
-    async def append(
-        self,
-        room: str,
-        nick: str,
-        key: str,
-        text: str,
-        cid: str | None,
-        ts: int,
-        stored: Stored | None = None,
-    ) -> tuple[Message, bool]:
+    async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
         """Store a message, or return the stored one with the same (room, key, cid).
 
         The bool is True when the message is new. Returns once the message is durable.

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
 
-from chat.history import Message, Page, Replay, Stored, announce, plan_replay
+from chat.history import Message, NewMessage, Page, Replay, Stored, announce, plan_replay
 
 
 @dataclass(slots=True)
@@ -43,32 +43,22 @@ class MemoryHistory:
     async def check(self) -> str:
         return "ok"
 
-    async def append(
-        self,
-        room: str,
-        nick: str,
-        key: str,
-        text: str,
-        cid: str | None,
-        ts: int,
-        stored: Stored | None = None,
-    ) -> tuple[Message, bool]:
-        answer = self._append(room, nick, key, text, cid, ts)
+    async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
+        answer = self._append(new)
         announce(stored, *answer)
         return answer
 
-    def _append(
-        self, room: str, nick: str, key: str, text: str, cid: str | None, ts: int
-    ) -> tuple[Message, bool]:
-        state = self._rooms.setdefault(room, _Room())
-        if cid is not None and (old := state.by_cid.get((key, cid))) is not None:
+    def _append(self, new: NewMessage) -> tuple[Message, bool]:
+        state = self._rooms.setdefault(new.room, _Room())
+        cid = new.cid
+        if cid is not None and (old := state.by_cid.get((new.key, cid))) is not None:
             return old, False
         state.last_id += 1
-        message = Message(room, state.last_id, nick, text, ts, cid)
+        message = Message(new.room, state.last_id, new.nick, new.text, new.ts, cid)
         state.messages.append(message)
         if cid is not None:
-            state.by_cid[(key, cid)] = message
-            state.cid_keys[message.id] = (key, cid)
+            state.by_cid[(new.key, cid)] = message
+            state.cid_keys[message.id] = (new.key, cid)
         while len(state.messages) > self._retain:
             gone = state.messages.popleft()
             # The cid index holds exactly the retained messages.

@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from redis.exceptions import NoScriptError
 
 from chat.cluster import scripts
 from chat.cluster.redis_link import RedisLink
-from chat.history import Message, Page, Replay, Stored, announce, plan_replay
+from chat.history import Message, NewMessage, Page, Replay, Stored, announce, plan_replay
+
+_MAX_ID: Final = 2**64 - 1  # the largest stream id part
 
 
 def _frame_parts(room: str, nick: str, text: str, ts: int, cid: str | None) -> tuple[bytes, bytes]:
-    """The `message` frame around its id, byte for byte as `Message.frame()` encodes."""
+    """The `message` frame around its id, byte for byte as `protocol.message_frame` encodes."""
     dumps = orjson.dumps
     head = b'{"type":"message","room":' + dumps(room) + b',"id":'
     tail = (
@@ -67,16 +69,8 @@ class RedisHistory:
             return str(err)
         return "ok"
 
-    async def append(
-        self,
-        room: str,
-        nick: str,
-        key: str,
-        text: str,
-        cid: str | None,
-        ts: int,
-        stored: Stored | None = None,
-    ) -> tuple[Message, bool]:
+    async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
+        room, nick, key, text, cid, ts = new.room, new.nick, new.key, new.text, new.cid, new.ts
         keys = self.keys
         head, tail = _frame_parts(room, nick, text, ts, cid)
         created, msg_id, _epoch, frame = await self._say(
@@ -194,7 +188,9 @@ class RedisHistory:
         return Replay(epoch, messages, plan.complete, newest)
 
     async def page(self, room: str, before: int | None, limit: int) -> Page:
-        top = "+" if before is None else f"({max(before, 1)}-0"
+        # Stream ids are unsigned 64-bit: a `before` past them bounds nothing, and Redis
+        # refuses the id outright (the protocol sets no upper bound on `before`).
+        top = "+" if before is None else f"({min(max(before, 1), _MAX_ID)}-0"
         if before is not None and before <= 1:
             return Page([], False)
         entries = await self.link.run(

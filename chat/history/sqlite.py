@@ -31,6 +31,7 @@ from typing import Any, Final, TypeVar, cast
 from chat.history import (
     HistoryOpenError,
     Message,
+    NewMessage,
     Page,
     Replay,
     Stored,
@@ -97,23 +98,13 @@ _Row = tuple[str, int, str, str, str, int, str | None]  # a messages row, in col
 
 
 @dataclass(frozen=True, slots=True)
-class _Append:
-    room: str
-    nick: str
-    key: str
-    text: str
-    cid: str | None
-    ts: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Failed:
     """A read that raised, carried back from the database thread."""
 
     error: Exception
 
 
-_QueuedAppend = tuple[_Append, asyncio.Future[tuple[Message, bool]], Stored | None]
+_QueuedAppend = tuple[NewMessage, asyncio.Future[tuple[Message, bool]], Stored | None]
 _QueuedRead = tuple[Callable[[], Any], asyncio.Future[Any]]
 
 
@@ -256,7 +247,7 @@ class _Database:
         )
 
     def round(
-        self, batch: Sequence[_Append], reads: Sequence[Callable[[], Any]]
+        self, batch: Sequence[NewMessage], reads: Sequence[Callable[[], Any]]
     ) -> tuple[list[tuple[Message, bool]] | Exception, float, list[Any]]:
         """Store `batch` (or the error that stopped it), then run `reads` (or their errors).
 
@@ -280,7 +271,7 @@ class _Database:
 
     # ----------------------------------------------------------------- writes
 
-    def write(self, batch: Sequence[_Append]) -> list[tuple[Message, bool]]:
+    def write(self, batch: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
         """Store a batch atomically; one answer per item, in order.
 
         Raises (and stores nothing, and leaves the id cache as it was) if any part fails.
@@ -320,7 +311,7 @@ class _Database:
         return results
 
     def _number(
-        self, batch: Sequence[_Append], originals: dict[tuple[str, str, str], Message]
+        self, batch: Sequence[NewMessage], originals: dict[tuple[str, str, str], Message]
     ) -> tuple[list[_Row], list[tuple[Message, bool]], dict[str, int]]:
         """Give each new message of `batch` the next id of its room.
 
@@ -356,7 +347,7 @@ class _Database:
                 [value for row in rows for value in row],
             )
 
-    def _originals(self, batch: Sequence[_Append]) -> dict[tuple[str, str, str], Message]:
+    def _originals(self, batch: Sequence[NewMessage]) -> dict[tuple[str, str, str], Message]:
         """Stored messages whose (room, key, cid) a say of the batch repeats: one query."""
         wanted = sorted({(i.room, i.key, i.cid) for i in batch if i.cid is not None})
         found: dict[tuple[str, str, str], Message] = {}
@@ -551,18 +542,9 @@ class SqliteHistory:
         if ring:
             self._bell.put(None)
 
-    async def append(
-        self,
-        room: str,
-        nick: str,
-        key: str,
-        text: str,
-        cid: str | None,
-        ts: int,
-        stored: Stored | None = None,
-    ) -> tuple[Message, bool]:
+    async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
         future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
-        self._queue((_Append(room, nick, key, text, cid, ts), future, stored), None)
+        self._queue((new, future, stored), None)
         return await future
 
     async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
