@@ -40,6 +40,7 @@ from nodes import Redis, cpu_seconds  # noqa: E402  (bench/ is sys.path[0])
 
 from chat.cluster.redis_link import RedisLink  # noqa: E402
 from chat.config import RedisConfig  # noqa: E402
+from chat.history import NewMessage  # noqa: E402
 from chat.history.redis import RedisHistory, _frame_parts  # noqa: E402
 from chat.metrics import Metrics  # noqa: E402
 
@@ -87,8 +88,8 @@ async def measure(mode: str, url: str, args: argparse.Namespace, pid: int) -> di
     async def one(n: int, k: int) -> None:
         room = f"room{n % ROOMS}"
         if batcher is None:
-            await history.append(room, f"bench{n}", f"bench{n}", "benchmark text " * 4,
-                                 f"c{n}-{k}", 0)
+            await history.append(NewMessage(room, f"bench{n}", f"bench{n}",
+                                            "benchmark text " * 4, f"c{n}-{k}", 0))
             return
         head, tail = _frame_parts(room, f"bench{n}", "benchmark text " * 4, 0, f"c{n}-{k}")
         await batcher.say(
