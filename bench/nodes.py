@@ -5,8 +5,8 @@
                                     [--repeat 3] [--quiet 0.25] [--profile DIR]
 
 Also: the nodes' log lines (but for everysec's expected warning) and any `say`
-answered with an error are printed with the run. Past about 100 senders per node the
-nodes run out of redis-py's pool (see docs/benchmarks.md).
+answered with an error (such as `unavailable` when redis-py's pool runs out; see
+docs/benchmarks.md) are printed with the run.
 
 Setups, each started afresh per run in a temporary directory, with `python -m chat`
 subprocesses on free ports of 127.0.0.1 (the per-connection rate limit lifted):
