@@ -85,7 +85,7 @@ class RedisLink:
             retry=Retry(NoBackoff(), 0),
             redis_connect_func=self._on_connect,
         )
-        self.client: Any = aioredis.Redis(connection_pool=pool)
+        self.client: Any = aioredis.Redis.from_pool(pool)  # closes the pool with it
         self.up = False
         self.reason = "not connected yet"
         self.run_id: str | None = None
