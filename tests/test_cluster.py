@@ -358,6 +358,24 @@ async def join_retrying(who: Peer, room: str, **extra: Any) -> dict[str, Any]:
             await asyncio.sleep(reply["retry_after"] / 10)
 
 
+async def say_retrying(who: Peer, room: str, text: str, cid: str) -> dict[str, Any]:
+    """Say until acked, retrying after `unavailable` with the same cid, as clients do."""
+    async with asyncio.timeout(5):
+        while True:
+            await who.send({"type": "say", "room": room, "text": text, "cid": cid})
+            reply = await who.expect_any(("ack", "error"))
+            if reply["type"] == "ack":
+                return reply
+            await asyncio.sleep(reply.get("retry_after", 0.5) / 10)
+
+
+async def until_ready(node: Node) -> None:
+    """Wait (at most the contract's 5 s) until the node's /readyz answers 200."""
+    async with asyncio.timeout(5):
+        while (await node.get("/readyz")).status != 200:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 async def test_redis_down_keeps_connections_and_answers_unavailable(
     make_node: MakeNode, redis_server: RedisServer
 ) -> None:
@@ -396,16 +414,8 @@ async def test_redis_down_keeps_connections_and_answers_unavailable(
 
     redis_server.start()
     # Within 5 s of Redis answering: ready again, and the open connections go on.
-    async with asyncio.timeout(5):
-        while (await a.get("/readyz")).status != 200:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    async with asyncio.timeout(5):
-        while True:
-            await alice.send({"type": "say", "room": "lobby", "text": "two", "cid": "again"})
-            reply = await alice.expect_any(("ack", "error"))
-            if reply["type"] == "ack":
-                break
-            await asyncio.sleep(reply["retry_after"] / 10)
+    await until_ready(a)
+    reply = await say_retrying(alice, "lobby", "two", "again")
     assert reply["id"] == 2
     message = await bob.expect("message")
     assert (message["id"], message["text"]) == (2, "two")
@@ -424,13 +434,7 @@ async def test_redis_killed_with_appendfsync_always_loses_nothing(
         assert (await alice.say("durable", f"m{n}", cid=f"c{n}"))["id"] == n
     redis_server.kill()
     redis_server.start()
-    async with asyncio.timeout(5):
-        while True:
-            await alice.send({"type": "say", "room": "durable", "text": "m6", "cid": "c6"})
-            reply = await alice.expect_any(("ack", "error"))
-            if reply["type"] == "ack":
-                break
-            await asyncio.sleep(0.05)
+    reply = await say_retrying(alice, "durable", "m6", "c6")
     assert reply["id"] == 6
     ids = []
     while len(ids) < 6:
@@ -503,9 +507,7 @@ async def test_redis_outage_longer_than_node_timeout_reaps_nobody(
     await alice.quiet(2.5)
     redis_server.start()
     for node in (a, b):
-        async with asyncio.timeout(5):
-            while (await node.get("/readyz")).status != 200:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        await until_ready(node)
     # Give the reapers more than node_timeout + cleanup.interval: nobody leaves.
     assert [f for f in await alice.quiet(2.5) if f["type"] == "presence"] == []
     assert [f for f in await bob.quiet(0.1) if f["type"] == "presence"] == []
