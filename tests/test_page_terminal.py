@@ -115,6 +115,14 @@ async def test_a_server_that_is_not_there_is_reported_once_in_words(
     assert term.stderr == ""
 
 
+async def test_a_bad_max_backoff_is_one_line_and_exit_2(terminal: StartTerminal) -> None:
+    """`--max-backoff` takes a positive number of seconds; anything else is a usage error."""
+    for bad in ("0", "-1", "soon"):
+        term = await terminal("--url", "ws://127.0.0.1:1/ws", "--nick", "a", "--max-backoff", bad)
+        assert await term.finish(None) == 2
+        assert "--max-backoff" in term.stderr and "Traceback" not in term.stderr, term.stderr
+
+
 async def test_a_taken_nick_is_reported_once_and_exits_1(
     terminal: StartTerminal, tmp_path: Path
 ) -> None:
@@ -139,8 +147,12 @@ async def test_a_restart_is_three_clear_lines_and_logs_only_with_verbose(
     first = ServerProcess("--config", config)
     first.start()
     try:
-        quiet = await terminal("--url", first.ws_url, "--nick", "alice")
-        loud = await terminal("--url", first.ws_url, "--nick", "bob", "--verbose")
+        # Capped back-off: full jitter after 2 s of refusals could otherwise wait up to
+        # 8 s for the next attempt, past the deadline below.
+        quiet = await terminal("--url", first.ws_url, "--nick", "alice", "--max-backoff", "1")
+        loud = await terminal(
+            "--url", first.ws_url, "--nick", "bob", "--verbose", "--max-backoff", "1"
+        )
         for term, nick in ((quiet, "alice"), (loud, "bob")):
             await term.until(lambda lines, nick=nick: count(lines, f"* connected as {nick}") == 1)
         first.send_signal(signal.SIGTERM)

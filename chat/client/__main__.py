@@ -30,6 +30,17 @@ EXIT_CLOSED: Final = 1  # the server closed the session for good
 T = TypeVar("T")
 
 
+def _positive(text: str) -> float:
+    """A positive number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m chat.client", description="Chat in one room from the terminal."
@@ -39,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--nick", required=True, help="your nick")
     parser.add_argument("--room", default="lobby", help="room to join (default lobby)")
     parser.add_argument("--token", help="token for a server in token mode")
+    parser.add_argument("--max-backoff", type=_positive, default=30.0, metavar="SECONDS",
+                        help="longest wait between reconnect attempts (default 30)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="log what the client does (INFO records) on standard error")
     # Without --verbose only ERROR records (a bug) reach the terminal: every warning the
@@ -227,7 +240,7 @@ async def _unless(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
 async def run(args: argparse.Namespace) -> int:
     """Chat until end of input (0), a signal (0) or the server ending the session (1)."""
     loop = asyncio.get_running_loop()
-    client = ChatClient(args.url, args.nick, token=args.token)
+    client = ChatClient(args.url, args.nick, token=args.token, backoff_cap=args.max_backoff)
     # Set by a signal, or when the event stream ends: the client closed for good.
     stop = asyncio.Event()
     signalled: list[int] = []
