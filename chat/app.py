@@ -18,12 +18,13 @@ from chat.cluster.local import LocalCluster
 from chat.cluster.redis_cluster import RedisCluster
 from chat.cluster.redis_link import RedisLink
 from chat.config import Config
+from chat.connection import Flusher
 from chat.history import HistoryStore
 from chat.history.memory import MemoryHistory
 from chat.history.redis import RedisHistory
 from chat.history.sqlite import SqliteHistory
 from chat.hub import Hub
-from chat.keys import CONFIG, HISTORY, HUB, METRICS, PROXIES, RECONFIGURED
+from chat.keys import CONFIG, FLUSHER, HISTORY, HUB, METRICS, PROXIES, RECONFIGURED
 from chat.metrics import Metrics
 from chat.protocol import Close
 from chat.ws import websocket_handler
@@ -68,6 +69,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = metrics
     app[HISTORY] = store
     app[HUB] = Hub(config, store, metrics, cluster)
+    app[FLUSHER] = Flusher()
     app[PROXIES] = policy.networks(config.security.trusted_proxies)
     app[RECONFIGURED] = asyncio.Event()
     if config.auth.secret is not None and auth.weak_secret(config.auth.secret):

@@ -1,23 +1,33 @@
-"""One WebSocket connection: its liveness, its outbound queue and the writer that drains it.
+"""One WebSocket connection: its liveness, its outbound frames and how they reach the socket.
 
-Broadcast never waits on a client: senders hand encoded bytes to `send`, which only
-appends to this connection's queue; a writer task per connection does the awaiting.
-A client that cannot keep up only fills its own queue (bounded by `send_buffer`).
+Broadcast never waits on a client: senders hand encoded bytes to `send`, which frames
+them and appends them to this connection's outbox. At the end of the event-loop
+iteration the `Flusher` hands each outbox to its transport in one write, so the
+frames one iteration produced for a client (a burst of messages, a pong and an ack)
+cost one system call, not one each.
+
+Nothing runs per connection while it is idle. A task exists only while there is
+something to wait for: the transport is above its high-water mark (the client reads
+slower than we write), or a polite close waits for the client's close frame. A client
+that cannot keep up only fills its own outbox, bounded by `send_buffer`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import struct
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
 
 from chat import protocol
 from chat.protocol import Close
 
 if TYPE_CHECKING:
+    from aiohttp.web_protocol import RequestHandler
+
     from chat.hub import Session
 
 logger = logging.getLogger(__name__)
@@ -25,21 +35,101 @@ logger = logging.getLogger(__name__)
 # How long a polite close waits for the peer's close frame before dropping the socket.
 CLOSE_TIMEOUT: Final = 2.0
 
+_SHORT: Final = struct.Struct("!BB").pack
+_MEDIUM: Final = struct.Struct("!BBH").pack
+_LONG: Final = struct.Struct("!BBQ").pack
+
+
+def frame_header(size: int, opcode: int = WSMsgType.TEXT) -> bytes:
+    """The header of an unmasked, unfragmented, uncompressed frame (RFC 6455 §5.2).
+
+    A server frame is never masked and the contract rules out compression, so this is
+    all there is to framing; written here so that frames can be handed to the transport
+    together, which aiohttp's one-frame-per-await `send_frame` cannot do.
+    """
+    first = 0x80 | opcode  # FIN and the opcode
+    if size < 126:
+        return _SHORT(first, size)
+    if size < 65536:
+        return _MEDIUM(first, 126, size)
+    return _LONG(first, 127, size)
+
+
+class Flusher:
+    """Writes every connection's outbox once per event-loop iteration.
+
+    One callback per iteration for all connections with something to send, instead of
+    one per connection: the cost of fan-out stays one `append` per receiver until the
+    write itself. The callback runs at the start of the next iteration, so a frame waits
+    no longer than the rest of the work already due in this one.
+    """
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def add(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            try:
+                conn.flush()
+            except Exception:
+                # One connection's bug must not keep the others' frames back.
+                logger.exception("cannot write to the connection from %s", conn.remote)
+                conn.abort(Close.INTERNAL, "unexpected server error")
+
 
 class Connection:
     """State of one accepted WebSocket; owned by the hub, fed by the handler."""
 
+    __slots__ = (
+        "_dirty",
+        "_done",
+        "_drained",
+        "_exempt_bytes",
+        "_flusher",
+        "_out",
+        "_protocol",
+        "_queued_bytes",
+        "_send_buffer",
+        "_stream",
+        "_task",
+        "close_code",
+        "close_reason",
+        "errors_in_row",
+        "id",
+        "last_seen",
+        "opened",
+        "pending",
+        "remote",
+        "rooms",
+        "session",
+        "transport",
+        "typing_at",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        transport: asyncio.Transport | None,
+        request: web.BaseRequest,
+        flusher: Flusher,
         remote: str,
         now: float,
         send_buffer: int,
     ) -> None:
         self.ws = ws
         self.id = ""  # given by the hub when it admits the connection; unique on this node
-        self.transport = transport
+        self.transport: asyncio.Transport | None = request.transport
         self.remote = remote
         self.opened = now
         self.last_seen = now  # loop time of the last frame of any kind from the peer
@@ -54,14 +144,21 @@ class Connection:
         self.typing_at: dict[str, float] = {}
         self.close_code: int | None = None
         self.close_reason = ""
+        self._flusher = flusher
+        self._protocol: RequestHandler = request.protocol
+        self._stream: AbstractStreamWriter = request.writer
         self._send_buffer = send_buffer
-        self._queue: deque[tuple[bytes, WSMsgType, bool]] = deque()  # (data, opcode, exempt)
-        self._queued_bytes = 0  # every queued frame: what replies_taken waits on
+        # Frame headers and payloads not yet handed to the transport, in order.
+        self._out: list[bytes] = []
+        self._queued_bytes = 0  # payload bytes in _out: what replies_taken waits on
         self._exempt_bytes = 0  # the part the slow-consumer limit does not count
-        self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()  # set whenever the queue is empty
-        self._drained.set()
-        self._writer: asyncio.Task[None] | None = None
+        self._dirty = False  # queued with the flusher for this iteration
+        # Runs only while the transport is full or a polite close is under way.
+        self._task: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None  # replies_taken's wait
+        # Set once the close frame is under way (polite close started, or abort): from
+        # then on nothing more is written and no task is started.
+        self._done = False
 
     @property
     def closing(self) -> bool:
@@ -88,29 +185,34 @@ class Connection:
         dispatcher still waits for them to drain before the next request
         (`replies_taken`), which bounds them to one join's worth.
         """
-        if self.closing:
+        if self.close_code is not None:
             return
         size = len(data)
-        counted = self._queued_bytes - self._exempt_bytes
-        # A frame that finds nothing counted queued is always accepted, so one large
-        # reply never trips the limit by itself.
-        if not exempt and counted and counted + size > self._send_buffer:
-            self.abort(Close.SLOW_CONSUMER, "slow consumer")
-            return
-        self._queue.append((data, opcode, exempt))
-        self._queued_bytes += size
+        queued = self._queued_bytes
+        if queued:
+            counted = queued - self._exempt_bytes
+            # A frame that finds nothing counted queued is always accepted, so one large
+            # reply never trips the limit by itself.
+            if not exempt and counted and counted + size > self._send_buffer:
+                self.abort(Close.SLOW_CONSUMER, "slow consumer")
+                return
+        self._out.append(frame_header(size, opcode))
+        self._out.append(data)
+        self._queued_bytes = queued + size
         if exempt:
             self._exempt_bytes += size
-        self._drained.clear()
-        self._wakeup.set()
+        if not self._dirty:
+            self._dirty = True
+            self._flusher.add(self)
 
     def send_room(self, room: str, data: bytes, msg_id: int | None = None) -> None:
         """Deliver a room frame, holding it back while that room's `joined` is prepared."""
-        held = self.pending.get(room)
-        if held is not None:
-            held.append((msg_id, data))
-        else:
-            self.send(data)
+        if self.pending:
+            held = self.pending.get(room)
+            if held is not None:
+                held.append((msg_id, data))
+                return
+        self.send(data)
 
     async def replies_taken(self) -> None:
         """Wait while more than half of `send_buffer` waits to be sent.
@@ -119,42 +221,86 @@ class Connection:
         requests is then slowed to the pace at which it takes the replies (its requests
         wait in TCP), instead of being dropped as a slow consumer for its own replies.
         """
-        if self._queued_bytes > self._send_buffer // 2 and not self.closing:
-            await self._drained.wait()
+        if self._queued_bytes > self._send_buffer // 2 and self.close_code is None:
+            drained = self._drained
+            if drained is None or drained.done():  # done: a cancelled earlier wait
+                drained = self._drained = asyncio.get_running_loop().create_future()
+            await drained
 
-    def start_writer(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer {self.remote}")
+    def flush(self) -> None:
+        """Hand the outbox to the transport, or leave it to the task that waits for room.
 
-    async def _write_loop(self) -> None:
-        ws = self.ws
-        try:
-            while True:
-                while not self._queue:
-                    self._drained.set()
-                    if self.closing:
-                        await ws.close(code=self.close_code or Close.NORMAL,
-                                       message=self.close_reason.encode()[:123])
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                data, opcode, exempt = self._queue.popleft()
-                self._queued_bytes -= len(data)
-                if exempt:
-                    self._exempt_bytes -= len(data)
-                await ws.send_frame(data, opcode)
-        except ConnectionError:
-            # The peer is gone; the reader sees it too and releases the connection.
+        Called by the flusher at the end of the iteration in which frames were queued.
+        Everything queued goes in one write while the transport is below its high-water
+        mark; above it, nothing goes until the client has read enough.
+        """
+        self._dirty = False
+        if self._task is not None or self._done:
+            return  # waiting for room (that task writes what follows), or closed
+        if self._out:
+            if self._protocol.writing_paused:
+                self._task = asyncio.create_task(self._write_when_room())
+                return
+            self._write_out()
+        if self.close_code is not None:
+            self._done = True
+            self._task = asyncio.create_task(self._close_politely())
+
+    def _write_out(self) -> None:
+        out = self._out
+        self._out = []
+        self._queued_bytes = self._exempt_bytes = 0
+        self._set_drained()
+        transport = self.transport
+        # Never after a close frame (aiohttp sends one itself when the peer closes or
+        # breaks the protocol), and never into a transport that is going away: the
+        # reader sees the end and releases the connection.
+        if transport is None or transport.is_closing() or self.ws.closed:
             return
+        transport.write(b"".join(out))
+
+    def _set_drained(self) -> None:
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            if not drained.done():
+                drained.set_result(None)
+
+    async def _write_when_room(self) -> None:
+        try:
+            while self._out:
+                await self._stream.drain()  # returns once the transport is below its low mark
+                if self._done:
+                    return
+                self._write_out()
+        except ConnectionError:
+            return  # the peer is gone; the reader sees it too and releases the connection
+        finally:
+            self._task = None
+        if self.close_code is not None and not self._done:
+            self._done = True
+            self._task = asyncio.current_task()
+            await self._close_politely()
+
+    async def _close_politely(self) -> None:
+        code = self.close_code or Close.NORMAL
+        try:
+            await self.ws.close(code=code, message=self.close_reason.encode()[:123])
+        except ConnectionError:
+            pass  # the peer is gone; the reader sees it too
 
     # ----------------------------------------------------------------- closing
 
     def close(self, code: int, reason: str) -> None:
         """Close politely after the frames already queued (e.g. the tenth error)."""
-        if self.closing:
+        if self.close_code is not None:
             return
         self.close_code = code
         self.close_reason = reason
-        self._wakeup.set()
+        self._set_drained()
+        if not self._dirty:
+            self._dirty = True
+            self._flusher.add(self)
 
     def abort(self, code: int, reason: str) -> None:
         """Close now: send the close frame if the socket takes it and drop TCP at once.
@@ -164,11 +310,13 @@ class Connection:
         """
         self.close_code = code
         self.close_reason = reason
-        self._queue.clear()
+        self._done = True
+        self._out = []
         self._queued_bytes = self._exempt_bytes = 0
-        self._drained.set()
-        if self._writer is not None:
-            self._writer.cancel()
+        self._set_drained()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -180,18 +328,17 @@ class Connection:
             transport.close()
 
     async def finish(self) -> None:
-        """Wait (bounded) for a polite close in progress, then make sure the writer is gone."""
-        writer = self._writer
-        if writer is None or writer.done():
+        """Wait (bounded) for a polite close in progress, then make sure no task is left."""
+        if self.close_code is not None and self._task is None and not self._done:
+            self.flush()  # a close asked for in this very iteration: start it now
+        task = self._task
+        if task is None or task.done():
             return
-        if self.closing:
-            self._wakeup.set()
+        if self.close_code is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(writer), CLOSE_TIMEOUT + 1)
-            except TimeoutError:
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_TIMEOUT + 1)
+            except (TimeoutError, ConnectionError):
                 pass
-            except ConnectionError:
-                pass
-        if not writer.done():
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -1,15 +1,17 @@
 """The one WebSocket handler: check the upgrade, register, read, dispatch, release.
 
-Three tasks serve a connection. The handler task reads frames, stamps liveness and
-answers heartbeats at once. A dispatcher task handles requests one at a time, in the
-order received, so replies keep that order even when one waits on storage. A writer
-task (see `connection.py`) sends what both queue.
+An idle connection costs one task: the handler task, which reads frames, stamps
+liveness and answers heartbeats at once. Requests go to a dispatcher task that exists
+only while there are requests to handle: it takes them one at a time, in the order
+received, so replies keep that order even when one waits on storage. Frames out go
+through the connection's outbox (see `connection.py`), written once per loop iteration.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Final
 
 from aiohttp import WebSocketError, WSMessage, WSMsgType, web
@@ -18,7 +20,7 @@ from chat import protocol
 from chat.connection import CLOSE_TIMEOUT, Connection
 from chat.history import BackendUnavailable
 from chat.hub import DROPPED, Hub, Outcome, now_ms
-from chat.keys import HUB, PROXIES
+from chat.keys import FLUSHER, HUB, PROXIES
 from chat.metrics import close_label
 from chat.policy import client_address, origin_allowed, own_origin, trusted_peer
 from chat.protocol import Close, ErrorCode, Invalid
@@ -74,7 +76,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         max_msg_size=limits.max_frame + 1,
         timeout=CLOSE_TIMEOUT,
     )
-    conn = Connection(ws, request.transport, address, hub.clock(), limits.send_buffer)
+    conn = Connection(
+        ws, request, request.app[FLUSHER], address, hub.clock(), limits.send_buffer
+    )
     # Counted before the upgrade's await, so concurrent upgrades cannot overshoot a cap.
     hub.register(conn)
     try:
@@ -90,16 +94,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except BaseException:
         hub.release(conn)
         raise
-    conn.start_writer()
-    requests: asyncio.Queue[Request] = asyncio.Queue(REQUEST_BACKLOG)
-    dispatcher = asyncio.create_task(_dispatch(hub, conn, requests), name="ws-dispatch")
+    requests = Requests(hub, conn)
     try:
         await _read(hub, conn, ws, requests)
     finally:
         hub.release(conn, "timeout" if conn.close_code == Close.HEARTBEAT_TIMEOUT else "closed")
         try:
-            dispatcher.cancel()
-            await asyncio.gather(dispatcher, return_exceptions=True)
+            await requests.stop()
             await conn.finish()
         finally:
             # Also when this task is cancelled meanwhile (aiohttp cancels handlers whose
@@ -121,7 +122,7 @@ async def _read(
     hub: Hub[Connection],
     conn: Connection,
     ws: web.WebSocketResponse,
-    requests: asyncio.Queue[Request],
+    requests: Requests,
 ) -> None:
     async for msg in ws:
         conn.last_seen = hub.clock()
@@ -147,19 +148,19 @@ def _over(text: str, max_frame: int) -> bool:
 
 
 async def _receive(
-    conn: Connection, ws: web.WebSocketResponse, msg: WSMessage, requests: asyncio.Queue[Request]
+    conn: Connection, ws: web.WebSocketResponse, msg: WSMessage, requests: Requests
 ) -> bool:
     """Act on one inbound message; False once the WebSocket has failed."""
     kind = msg.type
     if kind is WSMsgType.TEXT:
         event = protocol.parse(msg.data)
-        if isinstance(event, protocol.LegacyPing):
-            conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
-            await requests.put(_HEARTBEAT)
-        elif isinstance(event, protocol.Ping):
+        if isinstance(event, protocol.Ping):
             # Answered here, ahead of requests still waiting on storage.
             conn.send(protocol.pong_frame(event.t, now_ms()))
-            await requests.put(_HEARTBEAT)
+            requests.heartbeat()
+        elif isinstance(event, protocol.LegacyPing):
+            conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
+            requests.heartbeat()
         else:
             await requests.put(event)
     elif kind is WSMsgType.PING:
@@ -187,33 +188,90 @@ def _crash(conn: Connection, doing: str) -> None:
     conn.close(Close.INTERNAL, "unexpected server error")
 
 
-async def _dispatch(
-    hub: Hub[Connection], conn: Connection, requests: asyncio.Queue[Request]
-) -> None:
-    while not conn.closing:
-        await conn.replies_taken()
-        request = await requests.get()
-        if request is _HEARTBEAT:
-            conn.errors_in_row = 0
-            continue
-        try:
-            outcome = await _handle(hub, conn, request)
-        except BackendUnavailable as err:
-            # Not the client's fault: neither counts toward nor resets the errors in a row.
-            unavailable = Invalid(
-                ErrorCode.UNAVAILABLE, str(err), None, retry_after=err.retry_after
-            )
-            _send_error(hub, conn, unavailable, request, counts=False)
-            continue
-        except Exception:
-            _crash(conn, "handling a request")
-            return
-        if outcome is DROPPED:
-            continue
-        if isinstance(outcome, Invalid):
-            _send_error(hub, conn, outcome, request)
+class Requests:
+    """One connection's requests not yet handled, and the task that handles them.
+
+    The task runs only while there are requests: it takes them one at a time, in the
+    order received, and ends when none is left. The reader waits (and so stops reading,
+    which pushes back on the client through TCP) while REQUEST_BACKLOG are waiting.
+    """
+
+    __slots__ = ("_backlog", "_conn", "_hub", "_room", "_task")
+
+    def __init__(self, hub: Hub[Connection], conn: Connection) -> None:
+        self._hub = hub
+        self._conn = conn
+        self._backlog: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._room: asyncio.Future[None] | None = None  # the reader's wait for room
+
+    def heartbeat(self) -> None:
+        """A heartbeat was answered: it resets the errors in a row, in request order."""
+        if self._task is None:
+            self._conn.errors_in_row = 0  # nothing is ahead of it
         else:
-            conn.errors_in_row = 0
+            self._backlog.append(_HEARTBEAT)
+
+    async def put(self, request: Request) -> None:
+        self._backlog.append(request)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ws-dispatch")
+        if len(self._backlog) >= REQUEST_BACKLOG:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+
+    async def stop(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _wake_reader(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+
+    async def _run(self) -> None:
+        hub, conn, backlog = self._hub, self._conn, self._backlog
+        try:
+            while backlog and not conn.closing:
+                await conn.replies_taken()
+                request = backlog.popleft()
+                if len(backlog) < REQUEST_BACKLOG:
+                    self._wake_reader()
+                if request is _HEARTBEAT:
+                    conn.errors_in_row = 0
+                    continue
+                await _dispatch(hub, conn, request)
+        finally:
+            self._task = None
+            if conn.closing:
+                backlog.clear()  # after a close nothing more is answered
+            self._wake_reader()
+
+
+async def _dispatch(hub: Hub[Connection], conn: Connection, request: Request) -> None:
+    """Handle one request and answer it (an error frame, or the hub's own reply)."""
+    try:
+        outcome = await _handle(hub, conn, request)
+    except BackendUnavailable as err:
+        # Not the client's fault: neither counts toward nor resets the errors in a row.
+        unavailable = Invalid(
+            ErrorCode.UNAVAILABLE, str(err), None, retry_after=err.retry_after
+        )
+        _send_error(hub, conn, unavailable, request, counts=False)
+        return
+    except Exception:
+        _crash(conn, "handling a request")
+        return
+    if outcome is DROPPED:
+        return
+    if isinstance(outcome, Invalid):
+        _send_error(hub, conn, outcome, request)
+    else:
+        conn.errors_in_row = 0
 
 
 async def _handle(hub: Hub[Connection], conn: Connection, request: Request) -> Outcome:
