@@ -1,6 +1,7 @@
 """Command line (`chat` once installed, or `python -m chat`).
 
-    chat [--config PATH] [--host HOST] [--port PORT] [--log-level LEVEL]
+    chat [--config PATH] [--host HOST] [--port PORT] [--loop {uvloop,asyncio}]
+         [--log-level LEVEL]
     chat token NICK [--config PATH] [--rooms a,b] [--ttl SECONDS]
 """
 
@@ -15,12 +16,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
 from aiohttp import web
 
 from chat import auth, logs, protocol, reload, server
 from chat.app import create_app
-from chat.config import Config, ConfigError, config_loader, load_config
+from chat.config import EVENT_LOOPS, Config, ConfigError, config_loader, load_config
 from chat.history import HistoryOpenError
 
 logger = logging.getLogger("chat")
@@ -63,19 +65,44 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to listen on (overrides server.host)")
     parser.add_argument("--port", type=_port, help="port to listen on, 0 for a free one "
                         "(overrides server.port)")
+    parser.add_argument("--loop", choices=EVENT_LOOPS,
+                        help="event loop to run on (overrides server.loop; default uvloop)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         help="logging threshold (default INFO)")
     return parser
 
 
-def _with_overrides(config: Config, host: str | None, port: int | None) -> Config:
+def _with_overrides(
+    config: Config, host: str | None, port: int | None, loop: str | None = None
+) -> Config:
     server = config.server
     if host is not None:
         server = dataclasses.replace(server, host=host)
     if port is not None:
         server = dataclasses.replace(server, port=port)
+    if loop is not None:
+        server = dataclasses.replace(server, loop=loop)
     return dataclasses.replace(config, server=server)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What `asyncio.Runner` makes its loop with for `server.loop` (None: asyncio's own).
+
+    Logs the loop in use; uvloop that cannot be imported (PyPy, Windows, a failed
+    install) is a WARNING and asyncio's loop instead, not a failure to start.
+    """
+    if choice == "uvloop":
+        try:
+            import uvloop  # optional: not on PyPy nor Windows
+        except ImportError as err:
+            logger.warning("server.loop is uvloop, but it cannot be imported (%s); "
+                           "running on asyncio", err)
+        else:
+            logger.info("event loop: uvloop %s", metadata.version("uvloop"))
+            return uvloop.new_event_loop
+    logger.info("event loop: asyncio")
+    return None
 
 
 def _url_host(host: str) -> str:
@@ -98,6 +125,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     if load is not None:
         loop.add_signal_handler(signal.SIGHUP, reload.reload, app, load)
+    logger.debug("signal handlers installed: SIGINT, SIGTERM%s",
+                 ", SIGHUP" if load is not None else "")
     server.prepare_process(loop)
     # Half the budget for closing WebSockets (on_shutdown), half for the rest.
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=budget / 2,
@@ -107,7 +136,11 @@ async def serve(
     except HistoryOpenError as err:
         await runner.cleanup()
         raise StartupError(str(err)) from None
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    site: web.BaseSite
+    if isinstance(loop, asyncio.BaseEventLoop):
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+    else:  # uvloop: accept as asyncio does when out of file descriptors
+        site = server.AcceptSite(runner, config.server.host, config.server.port)
     try:
         await site.start()
     except OSError as err:
@@ -178,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # A reload reads the same file; the command line still wins over it.
         def load() -> Config:
-            return _with_overrides(read(), args.host, args.port)
+            return _with_overrides(read(), args.host, args.port, args.loop)
 
         config = load()
     except ConfigError as err:
@@ -191,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(config, f"{config.source or 'defaults'}: {err}")
         return EXIT_CONFIG
     try:
-        asyncio.run(serve(app, config, load))
+        with asyncio.Runner(loop_factory=loop_factory(config.server.loop)) as runner:
+            runner.run(serve(app, config, load))
     except StartupError as err:
         _fail(config, str(err))
         return EXIT_CONFIG

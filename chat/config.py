@@ -45,6 +45,7 @@ SECRET_ENV: Final = "CHAT_AUTH_SECRET"
 DEFAULT_FILENAME: Final = "config.yaml"
 HISTORY_BACKENDS: Final = ("memory", "sqlite", "redis")
 LOG_FORMATS: Final = ("text", "json")
+EVENT_LOOPS: Final = ("uvloop", "asyncio")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
 _REPR_LIMIT: Final = 60
@@ -69,6 +70,7 @@ class ServerConfig:
     port: int = 8080
     shutdown_timeout: float = 5.0
     header_timeout: float = 10.0  # s a client may take to send a request's headers
+    loop: str = "uvloop"  # the event loop; asyncio's if uvloop cannot be imported
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +405,12 @@ def _log_format(value: Any, key: str) -> str:
     return str(value)
 
 
+def _event_loop(value: Any, key: str) -> str:
+    if value not in EVENT_LOOPS:
+        raise _Invalid(key, f"must be one of {', '.join(EVENT_LOOPS)}, got {_show(value)}")
+    return str(value)
+
+
 def _redis_url(value: Any, key: str) -> str:
     url = _text(value, key)
     try:
@@ -517,6 +525,7 @@ _CONFIG_FIELDS: Final[Mapping[str, _Check]] = {
             "port": _port,
             "shutdown_timeout": _seconds,
             "header_timeout": _seconds,
+            "loop": _event_loop,
         },
     ),
     "heartbeat": _section(HeartbeatConfig, {"interval": _seconds, "timeout": _seconds}),

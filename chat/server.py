@@ -8,11 +8,15 @@ to their test server.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
+
+from aiohttp import web
 
 from chat.config import Config
 
@@ -22,6 +26,9 @@ logger = logging.getLogger(__name__)
 # stops accepting for a second and tries again, logging a traceback each time.
 ACCEPT_OUT_OF_RESOURCES: Final = "socket.accept() out of system resource"
 ACCEPT_LOG_EVERY: Final = 30.0  # s between two log lines about failing accepts
+ACCEPT_RETRY: Final = 1.0  # s without accepting after accept() ran out of resources
+# accept() errors that mean "out of descriptors or memory", as asyncio counts them.
+_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _NR_OPEN: Final = Path("/proc/sys/fs/nr_open")  # Linux: the most a process may open
 
 
@@ -106,3 +113,142 @@ def prepare_process(loop: asyncio.AbstractEventLoop) -> None:
     """Raise the open-file limit and quiet failing accepts; once, before serving."""
     raise_open_file_limit()
     loop.set_exception_handler(AcceptErrorLog(loop.get_exception_handler()))
+
+
+class AcceptSite(web.BaseSite):
+    """A TCP site that accepts connections as asyncio's own loop does, on any loop.
+
+    For uvloop. Its listener (libuv's) meets accept() failing for want of file
+    descriptors by accepting and at once closing every pending connection, and
+    logs nothing: a health check arriving then is dropped. This site instead does
+    what asyncio does: it stops accepting for `ACCEPT_RETRY` seconds, leaving new
+    connections in the kernel's listen backlog, and reports the failure to the
+    loop's exception handler with asyncio's message (see `AcceptErrorLog`).
+    Accepted sockets are handed to the loop with `connect_accepted_socket`.
+    """
+
+    __slots__ = ("_host", "_port")
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, backlog: int = 128
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        sockets = await _listening_sockets(loop, self._host, self._port, self._backlog)
+        self._server = _Listener(loop, server, sockets, self._backlog)
+
+
+async def _listening_sockets(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, backlog: int
+) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address of `host`, as
+    `loop.create_server` makes them (SO_REUSEADDR; IPv6 sockets IPv6 only)."""
+    infos = await loop.getaddrinfo(host, port, family=socket.AF_UNSPEC,
+                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class _Listener(asyncio.AbstractServer):
+    """The accept loop of `AcceptSite`: what aiohttp's runner sees as the site's server."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], asyncio.Protocol],
+        sockets: list[socket.socket],
+        backlog: int,
+    ) -> None:
+        self._loop = loop
+        self._factory = factory
+        self.sockets = sockets
+        self._backlog = backlog
+        self._resume: dict[int, asyncio.TimerHandle] = {}
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._serving = True
+        for sock in sockets:
+            loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(self._backlog):
+            try:
+                conn, _ = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                self._loop.call_exception_handler(
+                    {"message": ACCEPT_OUT_OF_RESOURCES, "exception": exc, "socket": sock}
+                )
+                self._loop.remove_reader(sock.fileno())
+                self._resume[sock.fileno()] = self._loop.call_later(
+                    ACCEPT_RETRY, self._start_reading, sock
+                )
+                return
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+            self._pending.add(task)
+            task.add_done_callback(self._connected)
+
+    def _start_reading(self, sock: socket.socket) -> None:
+        self._resume.pop(sock.fileno(), None)
+        if self._serving:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _connected(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The peer went away before its transport was made: nothing to serve.
+            logger.debug("accepted connection lost at once: %r", exc)
+
+    def close(self) -> None:
+        if not self._serving:
+            return
+        self._serving = False
+        for handle in self._resume.values():
+            handle.cancel()
+        self._resume.clear()
+        for sock in self.sockets:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    async def start_serving(self) -> None:
+        return None  # serving from the start
+
+    async def serve_forever(self) -> None:
+        raise NotImplementedError("AcceptSite serves until the runner is cleaned up")
+
+    async def wait_closed(self) -> None:
+        return None

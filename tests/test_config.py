@@ -391,6 +391,21 @@ def test_bad_log_format_is_named() -> None:
     assert error_of({"log": {"format": "xml"}}).startswith("test.yaml: log.format: must be one of")
 
 
+def test_server_loop_defaults_to_uvloop_and_takes_asyncio() -> None:
+    """server.loop is uvloop unless the file says asyncio."""
+    assert config_from_mapping({}, "test.yaml", {}).server.loop == "uvloop"
+    config = config_from_mapping({"server": {"loop": "asyncio"}}, "test.yaml", {})
+    assert config.server.loop == "asyncio"
+
+
+@pytest.mark.parametrize("value", ["tokio", "", "UVLOOP", None, 1, ["uvloop"]])
+def test_bad_server_loop_is_named(value: object) -> None:
+    """server.loop is uvloop or asyncio, nothing else."""
+    assert error_of({"server": {"loop": value}}).startswith(
+        "test.yaml: server.loop: must be one of uvloop, asyncio, got "
+    )
+
+
 def test_long_bad_values_are_cut_short() -> None:
     """The repr of a bad value is truncated so the message stays short."""
     message = error_of({"heartbeat": {"interval": "x" * 500}})

@@ -46,14 +46,14 @@ def test_plan_restart_only_keys_are_named_and_kept() -> None:
     """server.*, history.backend/path/retain and redis.* are listed and keep the old value."""
     old = make_config({"history": {"backend": "sqlite", "path": "a.db"}})
     new = make_config({
-        "server": {"port": 9999, "header_timeout": 3},
+        "server": {"port": 9999, "header_timeout": 3, "loop": "asyncio"},
         "history": {"backend": "memory", "path": "b.db", "retain": 5, "replay": 2},
         "redis": {"url": "redis://elsewhere:6379/1", "prefix": "x"},
         "heartbeat": {"interval": 1, "timeout": 3},
     })
     result = plan(old, new)
     assert result.needs_restart == (
-        "server.port", "server.header_timeout",
+        "server.port", "server.header_timeout", "server.loop",
         "history.backend", "history.path", "history.retain",
         "redis.url", "redis.prefix",
     )
