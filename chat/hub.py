@@ -123,6 +123,9 @@ class Hub(Generic[R]):
         self._ids = itertools.count(1)
         self._empty = asyncio.Event()
         self._empty.set()
+        # Read when /metrics is scraped, not kept up to date on every connect and close.
+        metrics.connections.set_function(lambda: len(self.connections))
+        metrics.sessions.set_function(lambda: len(self.sessions))
         cluster.attach(self)
 
     @property
@@ -152,7 +155,6 @@ class Hub(Generic[R]):
         self.per_ip[conn.remote] = self.per_ip.get(conn.remote, 0) + 1
         self.connections.add(conn)
         self._empty.clear()
-        self.metrics.connections.inc()
 
     def release(self, conn: R, reason: str = "closed") -> bool:
         """Forget a connection and everything it held; idempotent. True the first time."""
@@ -168,7 +170,6 @@ class Hub(Generic[R]):
             self._empty.set()
         self.buckets.pop(conn, None)
         self.join_buckets.pop(conn, None)
-        self.metrics.connections.dec()
         self._drop_delivery(conn)
         session = conn.session
         # After a takeover the session belongs to the newer connection and lives on.
@@ -183,7 +184,6 @@ class Hub(Generic[R]):
 
     def _forget_session(self, session: Session) -> None:
         del self.sessions[session.id]
-        self.metrics.sessions.dec()
 
     def _drop_delivery(self, conn: Receiver) -> None:
         for name in conn.rooms:
@@ -286,7 +286,6 @@ class Hub(Generic[R]):
             logger.info("session of %s taken over by %s", claimed.nick, conn.remote)
         session = Session(claimed.session, claimed.nick, key, conn, allowed)
         self.sessions[session.id] = session
-        self.metrics.sessions.inc()
         conn.session = session
         conn.send(protocol.welcome_frame(
             session.id, session.nick, claimed.rooms, settings_fields(self.config)

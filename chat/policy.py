@@ -60,6 +60,8 @@ def trusted_peer(address: str, trusted: tuple[Network, ...]) -> bool:
 
 
 def _in(address: str, trusted: tuple[Network, ...]) -> bool:
+    if not trusted:
+        return False  # the common case, decided without parsing the address
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -57,9 +57,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", ())) if via_proxy else None
     address = client_address(peer, forwarded, proxies)
     # The upgrade policy is decided before the WebSocket is accepted, with a status.
-    own = own_origin(_scheme(request, via_proxy), request.host)
-    if not origin_allowed(request.headers.get("Origin"), own, config.security.allowed_origins):
-        logger.info("refused upgrade from %s: origin %r", address, request.headers.get("Origin"))
+    origin = request.headers.get("Origin")
+    if origin is not None and not origin_allowed(
+        origin, own_origin(_scheme(request, via_proxy), request.host),
+        config.security.allowed_origins,
+    ):
+        logger.info("refused upgrade from %s: origin %r", address, origin)
         raise web.HTTPForbidden(text="origin not allowed\n")
     status = hub.refusal(address)
     if status == 503:
@@ -123,18 +126,32 @@ async def _read(
     ws: web.WebSocketResponse,
     requests: Requests,
 ) -> None:
+    clock = hub.clock
     async for msg in ws:
-        conn.last_seen = hub.clock()
-        if conn.closing:
+        conn.last_seen = clock()
+        if conn.close_code is not None:
             continue  # drain until the close handshake ends the loop
         try:
-            if msg.type is WSMsgType.TEXT and _over(msg.data, hub.config.limits.max_frame):
+            if msg.type is not WSMsgType.TEXT:
+                if not _receive_other(conn, ws, msg):
+                    return
+                continue
+            text = msg.data
+            if _over(text, hub.config.limits.max_frame):
                 # aiohttp holds each connection to the max_frame it opened with; a reload
                 # that lowered it applies here, to connections already open too.
                 conn.close(Close.TOO_BIG, "message too big")
                 continue
-            if not await _receive(conn, ws, msg, requests):
-                return
+            event = protocol.parse(text)
+            if type(event) is protocol.Ping:
+                # Answered here, ahead of requests still waiting on storage.
+                conn.send(protocol.pong_frame(event.t, now_ms()))
+                requests.heartbeat()
+            elif type(event) is protocol.LegacyPing:
+                conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
+                requests.heartbeat()
+            elif requests.put(event):
+                await requests.room()  # full: stop reading until the dispatcher catches up
         except Exception:
             # A bug, not the client's doing: after this the connection only drains, so
             # however many frames follow, this logs once.
@@ -146,23 +163,10 @@ def _over(text: str, max_frame: int) -> bool:
     return len(text) > max_frame or (len(text) * 4 > max_frame and len(text.encode()) > max_frame)
 
 
-async def _receive(
-    conn: Connection, ws: web.WebSocketResponse, msg: WSMessage, requests: Requests
-) -> bool:
-    """Act on one inbound message; False once the WebSocket has failed."""
+def _receive_other(conn: Connection, ws: web.WebSocketResponse, msg: WSMessage) -> bool:
+    """Act on one inbound message that is not text; False once the WebSocket has failed."""
     kind = msg.type
-    if kind is WSMsgType.TEXT:
-        event = protocol.parse(msg.data)
-        if isinstance(event, protocol.Ping):
-            # Answered here, ahead of requests still waiting on storage.
-            conn.send(protocol.pong_frame(event.t, now_ms()))
-            requests.heartbeat()
-        elif isinstance(event, protocol.LegacyPing):
-            conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
-            requests.heartbeat()
-        else:
-            await requests.put(event)
-    elif kind is WSMsgType.PING:
+    if kind is WSMsgType.PING:
         conn.send(msg.data, WSMsgType.PONG)
     elif kind is WSMsgType.PONG:
         pass  # liveness is all a pong carries
@@ -213,13 +217,19 @@ class Requests:
         else:
             self._backlog.append(_HEARTBEAT)
 
-    async def put(self, request: Request) -> None:
+    def put(self, request: Request) -> bool:
+        """Queue a request; True when the backlog is full and the reader should wait."""
         self._backlog.append(request)
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="ws-dispatch")
-        if len(self._backlog) >= REQUEST_BACKLOG:
-            self._room = asyncio.get_running_loop().create_future()
-            await self._room
+        return len(self._backlog) >= REQUEST_BACKLOG
+
+    async def room(self) -> None:
+        """Wait until the backlog has room again (or the dispatcher has stopped)."""
+        if len(self._backlog) < REQUEST_BACKLOG or self._task is None:
+            return
+        self._room = asyncio.get_running_loop().create_future()
+        await self._room
 
     async def stop(self) -> None:
         task = self._task
