@@ -214,6 +214,11 @@ class Connection:
                 return
         self.send(data)
 
+    @property
+    def replies_pending(self) -> bool:
+        """More than half of `send_buffer` waits to be sent: `replies_taken` would wait."""
+        return self._queued_bytes > self._send_buffer // 2
+
     async def replies_taken(self) -> None:
         """Wait while more than half of `send_buffer` waits to be sent.
 

@@ -95,6 +95,10 @@ class Room:
     receivers: dict[Receiver, int] = field(default_factory=dict)
 
 
+# Requests that read or write history; the others need the cluster only (or nothing).
+_STORE_REQUESTS: Final = (protocol.Join, protocol.Say, protocol.HistoryRequest)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -244,6 +248,16 @@ class Hub(Generic[R]):
         old.abort(Close.REPLACED, "replaced by a newer connection")
 
     # ------------------------------------------------------------ requests
+
+    def immediate(self, request: object) -> bool:
+        """Whether handling `request` never waits: the backends it needs are instant.
+
+        Such a request is handled where it was read, without a hop to a dispatcher task;
+        the others wait their turn there, so a slow store never holds up reading.
+        """
+        if isinstance(request, _STORE_REQUESTS):
+            return self.store.instant and self.cluster.instant
+        return self.cluster.instant
 
     async def hello(self, conn: R, event: protocol.Hello) -> Outcome:
         if conn.session is not None:

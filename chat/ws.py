@@ -150,6 +150,8 @@ async def _read(
             elif type(event) is protocol.LegacyPing:
                 conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
                 requests.heartbeat()
+            elif requests.idle and hub.immediate(event):
+                await _dispatch(hub, conn, event)  # never waits: no need for the task
             elif requests.put(event):
                 await requests.room()  # full: stop reading until the dispatcher catches up
         except Exception:
@@ -209,6 +211,11 @@ class Requests:
         self._backlog: list[Request] = []
         self._task: asyncio.Task[None] | None = None
         self._room: asyncio.Future[None] | None = None  # the reader's wait for room
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be handled, and the client takes its replies."""
+        return self._task is None and not self._conn.replies_pending
 
     def heartbeat(self) -> None:
         """A heartbeat was answered: it resets the errors in a row, in request order."""

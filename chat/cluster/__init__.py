@@ -67,6 +67,9 @@ class Node(Protocol):
 
 class Cluster(Protocol):
     config: Config  # the hub keeps it current across reloads
+    # True when no method ever waits (this process alone): requests that only need the
+    # cluster are then handled by the connection's reader, without a dispatcher task.
+    instant: bool
 
     def attach(self, node: Node) -> None: ...
 

@@ -24,6 +24,7 @@ class _Session:
 
 
 class LocalCluster:
+    instant = True  # nothing here awaits: it is all this process's memory
     def __init__(self, store: HistoryStore, config: Config | None = None) -> None:
         self.store = store
         self.config = config or Config()

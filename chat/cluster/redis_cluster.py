@@ -57,6 +57,7 @@ class _Feed:
 
 
 class RedisCluster:
+    instant = False
     def __init__(
         self,
         config: Config,

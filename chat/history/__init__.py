@@ -138,6 +138,10 @@ def announce(stored: Stored | None, message: Message, created: bool) -> None:
 class HistoryStore(Protocol):
     """Where messages live; ids are per room, consecutive from 1."""
 
+    # True when no method ever waits (memory): requests that need the store are then
+    # handled by the connection's reader, without a dispatcher task.
+    instant: bool
+
     async def open(self) -> None: ...
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ class _Room:
 
 
 class MemoryHistory:
+    instant = True  # nothing here awaits
     def __init__(self, retain: int) -> None:
         self._retain = retain
         self._rooms: dict[str, _Room] = {}

@@ -46,6 +46,7 @@ def _entries(entries: list[Any]) -> list[Message]:
 
 
 class RedisHistory:
+    instant = False
     def __init__(self, link: RedisLink, retain: int, on_commit: Any = None) -> None:
         self.link = link
         self.keys = link.keys

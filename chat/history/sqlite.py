@@ -437,6 +437,8 @@ def _reason(err: BaseException) -> str:
 class SqliteHistory:
     """A `HistoryStore` in one SQLite file: acknowledged messages survive restarts."""
 
+    instant = False  # every write and read goes through the database thread
+
     def __init__(
         self,
         path: str,
