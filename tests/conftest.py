@@ -55,6 +55,8 @@ class SlowStorage:
             return await asyncio.shield(task)
 
         store.append = held  # type: ignore[method-assign]
+        # Appends now wait: say them so, or the server would handle says where it reads.
+        store.instant = False  # type: ignore[misc]
 
     def release(self) -> None:
         self._gate.set()
