@@ -1,10 +1,11 @@
 """One WebSocket connection: its liveness, its outbound frames and how they reach the socket.
 
 Broadcast never waits on a client: senders hand encoded bytes to `send`, which frames
-them and appends them to this connection's outbox. At the end of the event-loop
-iteration the `Flusher` hands each outbox to its transport in one write, so the
-frames one iteration produced for a client (a burst of messages, a pong and an ack)
-cost one system call, not one each.
+them. The first frame a connection gets in an event-loop iteration is written at once
+(a pong never waits); the frames that follow it in the same iteration wait in the
+connection's outbox, and at the end of the iteration the `Flusher` hands each outbox
+to its transport in one write. A burst (many messages, or a message, an ack and a
+pong) costs two system calls instead of one per frame.
 
 Nothing runs per connection while it is idle. A task exists only while there is
 something to wait for: the transport is above its high-water mark (the client reads
@@ -56,7 +57,8 @@ def frame_header(size: int, opcode: int = WSMsgType.TEXT) -> bytes:
 
 
 class Flusher:
-    """Writes every connection's outbox once per event-loop iteration.
+    """Writes, once per event-loop iteration, the outbox of every connection that was
+    written to in that iteration.
 
     One callback per iteration for all connections with something to send, instead of
     one per connection: the cost of fan-out stays one `append` per receiver until the
@@ -188,6 +190,14 @@ class Connection:
         if self.close_code is not None:
             return
         size = len(data)
+        if not self._dirty:
+            # The first frame of this loop iteration: it goes out at once (a pong must
+            # not wait), and the flusher takes whatever follows it in this iteration.
+            self._dirty = True
+            self._flusher.add(self)
+            if self._task is None and not self._protocol.writing_paused:
+                self._write(frame_header(size, opcode) + data)
+                return
         queued = self._queued_bytes
         if queued:
             counted = queued - self._exempt_bytes
@@ -201,9 +211,6 @@ class Connection:
         self._queued_bytes = queued + size
         if exempt:
             self._exempt_bytes += size
-        if not self._dirty:
-            self._dirty = True
-            self._flusher.add(self)
 
     def send_room(self, room: str, data: bytes, msg_id: int | None = None) -> None:
         """Deliver a room frame, holding it back while that room's `joined` is prepared."""
@@ -256,13 +263,16 @@ class Connection:
         self._out = []
         self._queued_bytes = self._exempt_bytes = 0
         self._set_drained()
+        self._write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
         transport = self.transport
         # Never after a close frame (aiohttp sends one itself when the peer closes or
         # breaks the protocol), and never into a transport that is going away: the
         # reader sees the end and releases the connection.
         if transport is None or transport.is_closing() or self.ws.closed:
             return
-        transport.write(b"".join(out))
+        transport.write(data)
 
     def _set_drained(self) -> None:
         drained = self._drained
