@@ -6,8 +6,8 @@
 Per run, a fresh `python -m chat` (history.backend memory, the server's default event
 loop) is started on a free port of 127.0.0.1 with `cleanup.interval: 0.1`, a heartbeat
 of 3600 s / 7200 s (so that no connection is pinged or dropped during the run) and
-connection limits above `--connections`. The server is pinned to CPU 0 and this
-process (the clients) to CPU 1 when there are two CPUs or more.
+connection limits above `--connections`. The server is pinned to CPU 0 (taskset) and
+this process (the clients) to CPU 1 when there are two CPUs or more.
 
 `--connections` real WebSocket connections are opened, at most `--concurrency` at a
 time; each says `hello` and reads its `welcome`, then stays idle. Once all are
@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,10 +63,12 @@ def raise_nofile() -> int:
     return soft
 
 
-def pin(pid: int, cpu: int) -> None:
-    """Pin `pid` (0: this process) to `cpu`, when the machine has more than one."""
-    if (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {cpu})
+def pinned(command: list[str]) -> list[str]:
+    """`command` run on CPU 0 (with taskset, so that all its threads are), if there are two."""
+    taskset = shutil.which("taskset")
+    if (os.cpu_count() or 1) > 1 and taskset is not None:
+        return [taskset, "-c", "0", *command]
+    return command
 
 
 class Server:
@@ -86,8 +89,8 @@ class Server:
         self.log = workdir / "sweep.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "chat", "--config", str(path), "--host", "127.0.0.1",
-                 "--port", "0", "--log-level", "WARNING"],
+                pinned([sys.executable, "-m", "chat", "--config", str(path),
+                        "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING"]),
                 cwd=workdir, stdout=subprocess.PIPE, stderr=log, text=True,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
@@ -97,7 +100,6 @@ class Server:
         if not match:
             self.proc.kill()
             raise SystemExit(f"server did not start: {line!r}\n{self.log.read_text()}")
-        pin(self.proc.pid, 0)
         self.http = match.group(1)
         self.url = self.http.replace("http://", "ws://") + "/ws"
 
@@ -108,6 +110,19 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy so far, all cores (Linux /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -203,8 +218,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any] | None:
                 opened = time.perf_counter() - started
                 await asyncio.sleep(1.0)  # let the last handshakes settle
                 before, at_start = await scrape(http, server.http)
+                cpu_before, busy_before = cpu_seconds(server.proc.pid), busy_seconds()
+                own_before, wall_before = time.process_time(), time.perf_counter()
                 await asyncio.sleep(args.seconds)
                 after, at_end = await scrape(http, server.http)
+                wall = time.perf_counter() - wall_before
+                server_cpu = cpu_seconds(server.proc.pid) - cpu_before
+                # Cores other work kept busy meanwhile (the machine may be shared).
+                others = (busy_seconds() - busy_before - server_cpu
+                          - (time.process_time() - own_before)) / wall
                 for ws in sockets:
                     ws._writer.transport.abort()  # a close handshake each would take long
         finally:
@@ -228,6 +250,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "p99": window.bound(0.99) * 1000,
         "max": window.bound(1.0) * 1000,
         "stalls": stalls,
+        "server": server_cpu / wall * 100,
+        "others": max(0.0, others),
         "opened": opened,
         "buckets": window.spread(),
     }
@@ -238,7 +262,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any] | None:
 def line(r: dict[str, Any]) -> str:
     return (f"{r['sweeps']:6.0f} sweeps  mean {r['mean']:6.2f} ms  p50 <= {r['p50']:g} ms  "
             f"p99 <= {r['p99']:g} ms  max <= {r['max']:g} ms  ({r['opened']:.1f} s to "
-            f"connect; {r['stalls']} stalls logged)")
+            f"connect; {r['stalls']} stalls logged; server CPU {r['server']:.0f} %, others "
+            f"{r['others']:.2f} cores)")
 
 
 @dataclass(eq=False, slots=True)
@@ -292,7 +317,8 @@ def main() -> None:
     if limit < args.connections + 100:
         parser.error(f"open-file limit {limit} is too low for {args.connections} "
                      "connections (raise the hard limit: ulimit -Hn)")
-    pin(0, 1)
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}")
     micro(args.micro_peers)
