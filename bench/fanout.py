@@ -93,6 +93,9 @@ class Node:
     def __init__(self, name: str, workdir: Path, redis_url: str | None) -> None:
         config: dict[str, Any] = {
             "history": {"backend": "memory"} if redis_url is None else {"backend": "redis"},
+            # Receivers read nothing until all are connected (5000 take a while): the
+            # heartbeat must not drop them meanwhile. Heartbeats are not measured here.
+            "heartbeat": {"interval": 600, "timeout": 1200},
             # Neither the rate limit nor the connection limits may throttle the load.
             "limits": {"rate": {"messages": 1_000_000, "per": 1, "burst": 1_000_000},
                        "max_connections": 100_000, "max_connections_per_ip": 100_000},
@@ -146,6 +149,13 @@ class Tally:
 
 async def receive(ws: aiohttp.ClientWebSocketResponse, tally: Tally, record: bool) -> None:
     """Count the room's messages on one receiver (and time them if `record`)."""
+    try:
+        await count(ws, tally, record)
+    except (aiohttp.ClientError, ConnectionError) as err:
+        print(f"  a receiver failed: {err!r}", flush=True)  # its messages count as lost
+
+
+async def count(ws: aiohttp.ClientWebSocketResponse, tally: Tally, record: bool) -> None:
     async for msg in ws:
         if msg.type is not aiohttp.WSMsgType.TEXT:
             continue
@@ -270,8 +280,11 @@ async def measure(setup: str, args: argparse.Namespace, http: aiohttp.ClientSess
     tasks.append(asyncio.create_task(drain_acks(sender, errors)))
     # Warm-up: the first messages (Redis pools, pub/sub subscriptions, caches).
     await say_at_rate(sender, 0, warmup, args.rate)
-    async with asyncio.timeout(args.drain + 30):
-        await tally.done.wait()
+    try:
+        async with asyncio.timeout(args.drain + 30):
+            await tally.done.wait()
+    except TimeoutError:
+        raise SystemExit(f"warm-up: {tally.received} of {tally.expected} deliveries") from None
     await asyncio.sleep(0.5)
     tally.reset(receivers * args.messages)
 
