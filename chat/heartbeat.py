@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar
@@ -165,11 +166,14 @@ async def _cleanup_loop(app: web.Application) -> None:
             stalls = (*stalls, found)
         stalls = recent(stalls, now, hub.config.heartbeat.timeout)
         last = now
+        started = time.perf_counter()
         try:
             closed = reap(app, stalls)
         except Exception:
             logger.exception("cleanup sweep failed; trying again next interval")
             continue
+        finally:
+            hub.metrics.cleanup_sweep_seconds.observe(time.perf_counter() - started)
         if closed:
             logger.info("heartbeat cleanup closed %d connection(s)", closed)
 

@@ -10,7 +10,7 @@ import aiohttp
 from chat.app import create_app
 from chat.keys import CONFIG, HUB
 from tests.conftest import Connect, SlowStorage
-from tests.helpers import Peer, make_config
+from tests.helpers import Peer, gauge, make_config
 
 # FAST config: heartbeat.interval 0.2, heartbeat.timeout 0.6, cleanup.interval 0.1.
 SLACK = 0.5  # s of scheduling slack on a loaded 2-core machine
@@ -186,3 +186,19 @@ async def test_pong_overtakes_slow_storage(aiohttp_client: Any) -> None:
     await peer.next_is("ack", cid="s")
     await peer.next_is("message", cid="s")
     await peer.next_is("history")
+
+
+async def test_cleanup_sweeps_are_timed_in_metrics(connect: Connect, client: Any) -> None:
+    """Each pass of the cleanup coroutine is observed in chat_cleanup_sweep_seconds."""
+    await connect("alice")
+    await connect("bob")
+    before = await gauge(client, "chat_cleanup_sweep_seconds_count")
+    interval = client.app[CONFIG].cleanup.interval
+    await asyncio.sleep(interval * 5)
+    after = await gauge(client, "chat_cleanup_sweep_seconds_count")
+    # FAST sweeps every 0.1 s: about five in 0.5 s, at least two however loaded.
+    assert after - before >= 2, (before, after)
+    assert await gauge(client, "chat_cleanup_sweep_seconds_sum") >= 0.0
+    text = await (await client.get("/metrics")).text()
+    assert "# TYPE chat_cleanup_sweep_seconds histogram" in text
+    assert 'chat_cleanup_sweep_seconds_bucket{le="0.01"}' in text
