@@ -101,8 +101,18 @@ def sweep(
     """
     dead: list[P] = []
     quiet: list[P] = []
+    # A stall only takes time off a silence. So a peer silent for less than `interval`
+    # on the clock is neither quiet nor dead (most peers, most sweeps), and one seen
+    # since the newest stall ended was silent only while the server ran: both are
+    # decided without walking the stalls.
+    since = stalls[-1].end if stalls else now
     for peer in peers:
-        silent = silence(peer.last_seen, now, stalls) if stalls else now - peer.last_seen
+        seen = peer.last_seen
+        silent = now - seen
+        if silent < interval:
+            continue
+        if seen < since and stalls:
+            silent = silence(seen, now, stalls)
         if silent > timeout:
             dead.append(peer)
         elif silent >= interval:
