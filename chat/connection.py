@@ -108,6 +108,7 @@ class Connection:
         "close_code",
         "close_reason",
         "errors_in_row",
+        "frame_ceiling",
         "id",
         "last_seen",
         "opened",
@@ -128,6 +129,7 @@ class Connection:
         remote: str,
         now: float,
         send_buffer: int,
+        frame_ceiling: int,
     ) -> None:
         self.ws = ws
         self.id = ""  # given by the hub when it admits the connection; unique on this node
@@ -143,6 +145,9 @@ class Connection:
         # meet without a gap or a duplicate.
         self.pending: dict[str, list[tuple[int | None, bytes]]] = {}
         self.errors_in_row = 0
+        # The largest message aiohttp reads on this connection: `limits.max_frame` may be
+        # raised by a reload up to it (and lowered to anything), see chat.ws.
+        self.frame_ceiling = frame_ceiling
         self.typing_at: dict[str, float] = {}
         self.close_code: int | None = None
         self.close_reason = ""

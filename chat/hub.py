@@ -59,6 +59,7 @@ class Receiver(Protocol):
     # Rooms whose `joined` is being prepared: the live frames held meanwhile, by id.
     pending: dict[str, list[tuple[int | None, bytes]]]
     typing_at: dict[str, float]  # clock time of the last relayed `typing`, per room
+    frame_ceiling: int  # the largest message it can be sent (what `welcome` tells)
 
     @property
     def closing(self) -> bool: ...
@@ -301,9 +302,8 @@ class Hub(Generic[R]):
         session = Session(claimed.session, claimed.nick, key, conn, allowed)
         self.sessions[session.id] = session
         conn.session = session
-        conn.send(protocol.welcome_frame(
-            session.id, session.nick, claimed.rooms, settings_fields(self.config)
-        ))
+        fields = settings_fields(self.config, conn.frame_ceiling)
+        conn.send(protocol.welcome_frame(session.id, session.nick, claimed.rooms, fields))
         return None
 
     async def join(self, conn: R, event: protocol.Join) -> Outcome:

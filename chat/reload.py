@@ -100,9 +100,17 @@ def apply(app: web.Application, new: Plan) -> None:
         for conn in hub.connections:
             conn.set_send_buffer(config.limits.send_buffer)
     if new.settings_changed:
-        frame = protocol.settings_frame(settings_fields(config))
+        # One frame per frame ceiling (nearly always one for all): each connection is
+        # told the largest message it may really send.
+        frames: dict[int, bytes] = {}
         for conn in hub.connections:
             if conn.session is not None:  # nothing before hello
+                ceiling = conn.frame_ceiling
+                frame = frames.get(ceiling)
+                if frame is None:
+                    frame = frames[ceiling] = protocol.settings_frame(
+                        settings_fields(config, ceiling)
+                    )
                 conn.send(frame)
     # The cleanup coroutine takes the new intervals now, not after its current sleep.
     app[RECONFIGURED].set()

@@ -15,9 +15,14 @@ def _rate(rate: RateConfig) -> dict[str, Any]:
     return {"messages": rate.messages, "per": rate.per, "burst": rate.burst}
 
 
-def settings_fields(config: Config) -> dict[str, Any]:
-    """The `heartbeat` and `limits` fields of `welcome` and `settings`."""
+def settings_fields(config: Config, frame_ceiling: int | None = None) -> dict[str, Any]:
+    """The `heartbeat` and `limits` fields of `welcome` and `settings`.
+
+    `frame_ceiling` is the largest message the connection's reader can take (fixed at
+    its upgrade, see chat.ws): a client is told the limit that really holds for it.
+    """
     limits = config.limits
+    frame = limits.max_frame if frame_ceiling is None else min(limits.max_frame, frame_ceiling)
     return {
         "heartbeat": {
             "interval": config.heartbeat.interval,
@@ -25,7 +30,7 @@ def settings_fields(config: Config) -> dict[str, Any]:
         },
         "limits": {
             "text": limits.max_text,
-            "frame": limits.max_frame,
+            "frame": frame,
             "rooms": limits.max_rooms,
             "rate": _rate(limits.rate),
             "join_rate": _rate(limits.join_rate),

@@ -27,6 +27,12 @@ from chat.protocol import Close, ErrorCode, Invalid
 logger = logging.getLogger(__name__)
 
 MAX_ERRORS_IN_ROW: Final = 10
+# aiohttp fixes the largest message it reads when the connection opens, and we check
+# `limits.max_frame` ourselves on every message, so a reload applies to open
+# connections too. Reading up to this much (or max_frame, if larger) leaves room for a
+# reload to raise the limit; it bounds what a hostile client can make us buffer before
+# the check, to about what the transport's own read buffer may hold anyway.
+FRAME_CEILING: Final = 65536
 # Requests read but not yet handled; past this the reader stops reading, which pushes
 # back on the client through TCP instead of growing memory.
 REQUEST_BACKLOG: Final = 64
@@ -70,16 +76,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if status == 429:
         raise web.HTTPTooManyRequests(text="too many connections from your address\n")
     limits = config.limits
+    ceiling = max(limits.max_frame, FRAME_CEILING)
     ws = web.WebSocketResponse(
         autoping=False,  # protocol pongs must reach us: they count as liveness
         compress=False,  # the contract: no permessage-deflate
-        # aiohttp refuses a message whose size reaches max_msg_size; the contract
-        # allows exactly max_frame bytes.
-        max_msg_size=limits.max_frame + 1,
+        # aiohttp refuses a message whose size reaches max_msg_size: it reads up to
+        # the ceiling, and `_read` holds each message to the max_frame of the moment.
+        max_msg_size=ceiling + 1,
         timeout=CLOSE_TIMEOUT,
     )
     conn = Connection(
-        ws, request, request.app[FLUSHER], address, hub.clock(), limits.send_buffer
+        ws, request, request.app[FLUSHER], address, hub.clock(), limits.send_buffer, ceiling
     )
     # Counted before the upgrade's await, so concurrent upgrades cannot overshoot a cap.
     hub.register(conn)
@@ -133,13 +140,14 @@ async def _read(
             continue  # drain until the close handshake ends the loop
         try:
             if msg.type is not WSMsgType.TEXT:
-                if not _receive_other(conn, ws, msg):
+                if msg.type is WSMsgType.BINARY and len(msg.data) > hub.config.limits.max_frame:
+                    conn.close(Close.TOO_BIG, "message too big")
+                elif not _receive_other(conn, ws, msg):
                     return
                 continue
             text = msg.data
             if _over(text, hub.config.limits.max_frame):
-                # aiohttp holds each connection to the max_frame it opened with; a reload
-                # that lowered it applies here, to connections already open too.
+                # The limit of the moment, not the one the connection opened with.
                 conn.close(Close.TOO_BIG, "message too big")
                 continue
             event = protocol.parse(text)

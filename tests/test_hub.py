@@ -33,6 +33,7 @@ class FakeReceiver:
         self.rooms: set[str] = set()
         self.pending: dict[str, list[tuple[int | None, bytes]]] = {}
         self.typing_at: dict[str, float] = {}
+        self.frame_ceiling = 1 << 20
         self.frames: list[dict[str, Any]] = []
         self.exempt: list[bool] = []  # per frame: sent exempt from the send buffer
         self.ended: tuple[int, str] | None = None  # (code, reason) of abort or close

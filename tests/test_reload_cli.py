@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from chat.ws import FRAME_CEILING
 from tests.helpers import DEADLINE, merge
 from tests.serverproc import ServerProcess, write_config
 
@@ -327,3 +328,36 @@ async def test_lowered_max_frame_applies_to_an_open_connection(tmp_path: Path) -
             await ws.send_json({"type": "ping", "t": "é" * 150})  # 300 bytes of UTF-8
             msg = await asyncio.wait_for(ws.receive(), DEADLINE)
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+
+
+async def test_raised_max_frame_applies_to_an_open_connection(tmp_path: Path) -> None:
+    """A reload that raises limits.max_frame lets an open connection send the larger frame."""
+    base = merge(BASE, {"limits": {"max_frame": 200}})
+    with Reloadable(tmp_path, base) as srv:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(srv.server.ws_url)
+            await hello(ws, "alice")
+            await srv.reload(merge(base, {"limits": {"max_frame": 20000}}))
+            settings = await next_text(ws)
+            assert (settings["type"], settings["limits"]["frame"]) == ("settings", 20000)
+            await ws.send_json({"type": "ping", "t": "x" * 15000})  # over the old 200
+            pong = await next_text(ws)
+            assert (pong["type"], len(pong["t"])) == ("pong", 15000)
+
+
+async def test_max_frame_past_an_open_connections_ceiling_is_told_as_its_ceiling(
+    tmp_path: Path,
+) -> None:
+    """A raise past what an open connection's reader takes is told to it as that ceiling."""
+    with Reloadable(tmp_path, BASE) as srv:
+        async with aiohttp.ClientSession() as session:
+            old = await session.ws_connect(srv.server.ws_url)
+            await hello(old, "alice")
+            await srv.reload(merge(BASE, {"limits": {"max_frame": 200_000}}))
+            settings = await next_text(old)
+            assert (settings["type"], settings["limits"]["frame"]) == ("settings", FRAME_CEILING)
+            new = await session.ws_connect(srv.server.ws_url)
+            welcome = await hello(new, "bob")
+            assert welcome["limits"]["frame"] == 200_000
+            await new.send_json({"type": "ping", "t": "x" * 150_000})
+            assert (await next_text(new))["type"] == "pong"
