@@ -80,7 +80,7 @@ def create_app(config: Config) -> web.Application:
         loader=jinja2.FileSystemLoader(asset_dir("templates")),
         autoescape=jinja2.select_autoescape(["html"]),
     )
-    app.middlewares.append(routes.security_headers)
+    app.on_response_prepare.append(routes.security_headers)
     routes.setup_routes(app, asset_dir("static"))
     app.router.add_get("/ws", websocket_handler)
 

@@ -8,7 +8,6 @@ from typing import Any, Final
 
 import aiohttp_jinja2
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from chat import __version__
 from chat.history import BackendUnavailable
@@ -33,17 +32,15 @@ def _harden(response: web.StreamResponse) -> None:
         headers.setdefault("X-Frame-Options", "DENY")
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        # Error answers (404, 405, a refused upgrade) carry the same headers.
-        _harden(exc)
-        raise
-    if not response.prepared:
+async def security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` signal: every answer gets the headers, error answers
+    (404, 405, a refused upgrade) included, but the WebSocket's 101.
+
+    A signal rather than a middleware: a middleware's coroutines stay alive for as long
+    as a WebSocket is open (two frames per connection), and run on every request.
+    """
+    if not isinstance(response, web.WebSocketResponse):
         _harden(response)
-    return response
 
 
 @aiohttp_jinja2.template("index.html")

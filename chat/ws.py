@@ -134,38 +134,59 @@ async def _read(
     requests: Requests,
 ) -> None:
     clock = hub.clock
-    async for msg in ws:
+    receive = ws.receive  # not `async for`: its __anext__ is one coroutine more per frame
+    while True:
+        msg = await receive()
+        if msg.type in _END:
+            return
         conn.last_seen = clock()
         if conn.close_code is not None:
             continue  # drain until the close handshake ends the loop
         try:
             if msg.type is not WSMsgType.TEXT:
-                if msg.type is WSMsgType.BINARY and len(msg.data) > hub.config.limits.max_frame:
-                    conn.close(Close.TOO_BIG, "message too big")
-                elif not _receive_other(conn, ws, msg):
+                if not _receive_other(hub, conn, ws, msg):
                     return
                 continue
-            text = msg.data
-            if _over(text, hub.config.limits.max_frame):
-                # The limit of the moment, not the one the connection opened with.
-                conn.close(Close.TOO_BIG, "message too big")
+            event = _parse(hub, conn, msg.data, requests)
+            # What was read is not kept alive while the connection waits for the next
+            # frame: on an idle connection that would be its last frame, for ever.
+            msg = None  # type: ignore[assignment]
+            if event is None:
                 continue
-            event = protocol.parse(text)
-            if type(event) is protocol.Ping:
-                # Answered here, ahead of requests still waiting on storage.
-                conn.send(protocol.pong_frame(event.t, now_ms()))
-                requests.heartbeat()
-            elif type(event) is protocol.LegacyPing:
-                conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
-                requests.heartbeat()
-            elif requests.idle and hub.immediate(event):
+            if requests.idle and hub.immediate(event):
                 await _dispatch(hub, conn, event)  # never waits: no need for the task
             elif requests.put(event):
                 await requests.room()  # full: stop reading until the dispatcher catches up
+            event = None
         except Exception:
             # A bug, not the client's doing: after this the connection only drains, so
             # however many frames follow, this logs once.
             _crash(conn, "reading a frame")
+
+
+# What aiohttp's `receive` returns once the WebSocket is over.
+_END: Final = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+
+
+def _parse(
+    hub: Hub[Connection], conn: Connection, text: str, requests: Requests
+) -> Request | None:
+    """Answer a heartbeat or refuse an oversized frame at once; else the request to handle."""
+    if _over(text, hub.config.limits.max_frame):
+        # The limit of the moment, not the one the connection opened with.
+        conn.close(Close.TOO_BIG, "message too big")
+        return None
+    event = protocol.parse(text)
+    if type(event) is protocol.Ping:
+        # Answered here, ahead of requests still waiting on storage.
+        conn.send(protocol.pong_frame(event.t, now_ms()))
+        requests.heartbeat()
+        return None
+    if type(event) is protocol.LegacyPing:
+        conn.send(protocol.LEGACY_HEARTBEAT_BYTES)
+        requests.heartbeat()
+        return None
+    return event
 
 
 def _over(text: str, max_frame: int) -> bool:
@@ -173,10 +194,14 @@ def _over(text: str, max_frame: int) -> bool:
     return len(text) > max_frame or (len(text) * 4 > max_frame and len(text.encode()) > max_frame)
 
 
-def _receive_other(conn: Connection, ws: web.WebSocketResponse, msg: WSMessage) -> bool:
+def _receive_other(
+    hub: Hub[Connection], conn: Connection, ws: web.WebSocketResponse, msg: WSMessage
+) -> bool:
     """Act on one inbound message that is not text; False once the WebSocket has failed."""
     kind = msg.type
-    if kind is WSMsgType.PING:
+    if kind is WSMsgType.BINARY and len(msg.data) > hub.config.limits.max_frame:
+        conn.close(Close.TOO_BIG, "message too big")
+    elif kind is WSMsgType.PING:
         conn.send(msg.data, WSMsgType.PONG)
     elif kind is WSMsgType.PONG:
         pass  # liveness is all a pong carries

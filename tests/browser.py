@@ -291,7 +291,8 @@ async def scripted_page_server(answer: Script) -> AsyncIterator[str]:
                 await ws.send_json(reply)
         return ws
 
-    app = web.Application(middlewares=[security_headers])
+    app = web.Application()
+    app.on_response_prepare.append(security_headers)
     app[CONFIG_KEY] = make_config()
     aiohttp_jinja2.setup(
         app,

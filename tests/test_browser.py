@@ -530,7 +530,8 @@ async def test_a_message_answered_unavailable_stays_pending_and_goes_again_with_
                                     "ts": 1_700_000_000_000, "cid": frame["cid"]})
         return ws
 
-    app = web.Application(middlewares=[security_headers])
+    app = web.Application()
+    app.on_response_prepare.append(security_headers)
     app[CONFIG_KEY] = make_config()
     aiohttp_jinja2.setup(
         app,
