@@ -94,7 +94,7 @@ _COLUMNS: Final = "room, id, nick, text, ts, cid"
 _ROWS_PER_STATEMENT: Final = 500
 
 _T = TypeVar("_T")
-_Row = tuple[str, int, str, str, str, int, str | None]  # a messages row, in column order
+_ROW_VALUES: Final = 7  # values per messages row: room, id, nick, key, text, ts, cid
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,9 +284,9 @@ class _Database:
         # cid was already stored, the unique index refuses that statement whole, and the
         # batch is stored again the careful way, with the originals looked up first.
         if len(batch) <= _ROWS_PER_STATEMENT:
-            rows, results, last_ids = self._number(batch, {})
+            values, results, last_ids = self._number(batch, {})
             try:
-                self._insert(rows)
+                self._insert(values)
             except sqlite3.IntegrityError:
                 pass  # a repeated cid, or a real constraint failure the next try reports
             else:
@@ -295,8 +295,8 @@ class _Database:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows, results, last_ids = self._number(batch, self._originals(batch))
-            for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+            values, results, last_ids = self._number(batch, self._originals(batch))
+            for chunk in _chunks(values, _ROWS_PER_STATEMENT * _ROW_VALUES):
                 self._insert(chunk)
             conn.execute("COMMIT")
         except BaseException:
@@ -312,40 +312,42 @@ class _Database:
 
     def _number(
         self, batch: Sequence[NewMessage], originals: dict[tuple[str, str, str], Message]
-    ) -> tuple[list[_Row], list[tuple[Message, bool]], dict[str, int]]:
+    ) -> tuple[list[Any], list[tuple[Message, bool]], dict[str, int]]:
         """Give each new message of `batch` the next id of its room.
 
         `originals` are stored messages that says of the batch repeat; a repeat within
-        the batch gets the message its first copy made. Returns the rows to insert, the
-        answers in batch order, and each room's newest id once they are stored.
+        the batch gets the message its first copy made. Returns the rows to insert (their
+        values one after another, in column order: what the INSERT binds), the answers in
+        batch order, and each room's newest id once they are stored.
         """
-        seen = dict(originals)
+        # Runs on the database thread holding the GIL, which the busy event loop is
+        # waiting for: one flat list of values (no tuple per row, no flattening after).
+        seen = dict(originals) if originals else None
         last_ids: dict[str, int] = {}
         results: list[tuple[Message, bool]] = []
-        rows: list[_Row] = []
+        values: list[Any] = []
+        add = values.extend
         for item in batch:
-            dedup = None if item.cid is None else (item.room, item.key, item.cid)
-            if dedup is not None and (original := seen.get(dedup)) is not None:
+            room = item.room
+            cid = item.cid
+            dedup = None if cid is None else (room, item.key, cid)
+            if seen is not None and dedup is not None and (original := seen.get(dedup)) is not None:
                 results.append((original, False))
                 continue
-            last = last_ids.get(item.room)
-            msg_id = last_ids[item.room] = (
-                self._last_id(item.room) if last is None else last
-            ) + 1
-            message = Message(item.room, msg_id, item.nick, item.text, item.ts, item.cid)
+            last = last_ids.get(room)
+            msg_id = last_ids[room] = (self._last_id(room) if last is None else last) + 1
+            message = Message(room, msg_id, item.nick, item.text, item.ts, cid)
             if dedup is not None:
+                if seen is None:
+                    seen = {}
                 seen[dedup] = message
-            rows.append((item.room, msg_id, item.nick, item.key, item.text, item.ts, item.cid))
+            add((room, msg_id, item.nick, item.key, item.text, item.ts, cid))
             results.append((message, True))
-        return rows, results, last_ids
+        return values, results, last_ids
 
-    def _insert(self, rows: Sequence[_Row]) -> None:
-        if rows:
-            self.conn.execute(
-                "INSERT INTO messages (room, id, nick, key, text, ts, cid) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
-                [value for row in rows for value in row],
-            )
+    def _insert(self, values: Sequence[Any]) -> None:
+        if values:
+            self.conn.execute(_insert_sql(len(values) // _ROW_VALUES), values)
 
     def _originals(self, batch: Sequence[NewMessage]) -> dict[tuple[str, str, str], Message]:
         """Stored messages whose (room, key, cid) a say of the batch repeats: one query."""
@@ -421,6 +423,14 @@ class _Database:
             ("" if after is None else after, -1 if limit is None else limit),
         ).fetchall()
         return {str(room): int(last_id) for room, last_id in rows}
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_STATEMENT)
+def _insert_sql(rows: int) -> str:
+    """The INSERT of `rows` rows (built once per size; SQLite's statement cache keys on it)."""
+    return "INSERT INTO messages (room, id, nick, key, text, ts, cid) VALUES " + ", ".join(
+        ["(?, ?, ?, ?, ?, ?, ?)"] * rows
+    )
 
 
 def _chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
@@ -608,11 +618,16 @@ class SqliteHistory:
                 # broadcast: storing its message would leave a gap the room never sees.
                 # (Reading a future's state from this thread is safe; only the loop
                 # changes it.)
-                appends = [queued for queued in appends if not queued[1].done()]
-                reads = [(fn, f) for fn, f in reads if not f.done()]
-                written, took, read = self._db.round(
-                    [queued[0] for queued in appends], [fn for fn, _ in reads]
-                )
+                batch: list[NewMessage] = []
+                taken: list[_QueuedAppend] = []
+                for queued in appends:
+                    if not queued[1].done():
+                        taken.append(queued)
+                        batch.append(queued[0])
+                appends = taken
+                if reads:
+                    reads = [(fn, f) for fn, f in reads if not f.done()]
+                written, took, read = self._db.round(batch, [fn for fn, _ in reads])
                 _post(loop, self._answer, appends, written, took, reads, read)
         except BaseException:
             logger.exception("the history thread for %s failed", self.path)
@@ -657,7 +672,8 @@ class SqliteHistory:
             # In id order. A message taken by the thread is stored whether or not its
             # sender is still waiting, so `stored` runs for every one.
             for (_, future, stored), result in zip(appends, written, strict=True):
-                announce(stored, *result)
+                if stored is not None:
+                    announce(stored, *result)
                 if not future.done():
                     future.set_result(result)
         for (_, future), outcome in zip(reads, read, strict=True):
