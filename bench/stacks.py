@@ -26,7 +26,7 @@ PARTS = [
     ("redis-py: pool checkout and release", ["redis/", "ConnectionPool."]),
     ("redis-py: the rest (script call, packing, retry, timeouts)", ["redis/"]),
     ("SQLite: the database thread", ["SqliteHistory._serve"]),
-    ("WebSocket: fan-out writes (each connection's writer)", ["Connection._write_loop"]),
+    ("WebSocket: writes to clients (send, the flusher)", ["Connection._write"]),
     ("WebSocket: reading, parsing, handling requests", ["chat/ws.py"]),
     ("sockets: reading (transport callbacks)", ["_read_ready"]),
     ("event loop: waiting in epoll", ["EpollSelector.select"]),
