@@ -136,6 +136,7 @@ async def serve(
     except HistoryOpenError as err:
         await runner.cleanup()
         raise StartupError(str(err)) from None
+    server.tune_gc()
     site: web.BaseSite
     if isinstance(loop, asyncio.BaseEventLoop):
         site = web.TCPSite(runner, config.server.host, config.server.port)

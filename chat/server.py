@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import resource
 import socket
@@ -107,6 +108,27 @@ class AcceptErrorLog:
         )
         self._last = now
         self._since_last = 0
+
+
+# Young collections every this many net container allocations (CPython's default: 700),
+# the middle generation every 20 of those, and the oldest every 100 of the middle's.
+GC_THRESHOLDS: Final = (10_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Set the cyclic garbage collector for a server; once, after start-up, before serving.
+
+    CPython's defaults suit short programs. A server holds hundreds of thousands of
+    long-lived objects (every open connection has dozens), and during a connection
+    storm it collected every 700 allocations and often walked everything it held:
+    about a tenth of the CPU of accepting connections, and pauses of 0.15-0.3 s with
+    10,000 connections open. What start-up made is never garbage: `freeze` moves it
+    out of the collector's sight. Nearly everything else is freed by reference
+    counting, so collecting less often only lets the rare cycle live a little longer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def prepare_process(loop: asyncio.AbstractEventLoop) -> None:

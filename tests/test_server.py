@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from chat import server
 from chat.server import ACCEPT_OUT_OF_RESOURCES, AcceptErrorLog, log_due
 from tests.conftest import serve
 from tests.helpers import DEADLINE, Peer, make_config
@@ -197,3 +198,17 @@ def test_open_file_limit_raised_to_hard_limit(tmp_path: Path) -> None:
     assert f"INFO chat.server: open-file limit: {2 * NOFILE} (hard limit {2 * NOFILE})" in line
     assert any(row.startswith("Max open files") and row.split()[3:5] == [str(2 * NOFILE)] * 2
                for row in limits.splitlines())
+
+
+def test_tune_gc_freezes_start_up_and_collects_young_objects_less_often() -> None:
+    """After tune_gc what start-up made is frozen and the thresholds are the server's."""
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        server.tune_gc()
+        assert gc.get_threshold() == server.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
