@@ -56,6 +56,12 @@ def frame_header(size: int, opcode: int = WSMsgType.TEXT) -> bytes:
     return _LONG(first, 127, size)
 
 
+def wake(waiter: asyncio.Future[None] | None) -> None:
+    """Resolve a waiter that may be absent, or already done (its waiting task cancelled)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class Flusher:
     """Writes, once per event-loop iteration, the outbox of every connection that was
     written to in that iteration.
@@ -280,11 +286,8 @@ class Connection:
         transport.write(data)
 
     def _set_drained(self) -> None:
-        drained = self._drained
-        if drained is not None:
-            self._drained = None
-            if not drained.done():
-                drained.set_result(None)
+        wake(self._drained)
+        self._drained = None
 
     async def _write_when_room(self) -> None:
         try:

@@ -16,7 +16,7 @@ from typing import Final
 from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 
 from chat import protocol
-from chat.connection import CLOSE_TIMEOUT, Connection
+from chat.connection import CLOSE_TIMEOUT, Connection, wake
 from chat.history import BackendUnavailable
 from chat.hub import DROPPED, Hub, Outcome, now_ms
 from chat.keys import FLUSHER, HUB, PROXIES
@@ -278,11 +278,8 @@ class Requests:
             await asyncio.gather(task, return_exceptions=True)
 
     def _wake_reader(self) -> None:
-        room = self._room
-        if room is not None:
-            self._room = None
-            if not room.done():
-                room.set_result(None)
+        wake(self._room)
+        self._room = None
 
     async def _run(self) -> None:
         hub, conn, backlog = self._hub, self._conn, self._backlog
