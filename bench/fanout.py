@@ -42,11 +42,8 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,16 +53,15 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
+from common import ROOT, ChatProcess, pinned  # bench/ is sys.path[0] when run as a script
 
 try:
     import psutil
 except ImportError:  # pragma: no cover
     raise SystemExit("bench/fanout.py needs psutil: .venv/bin/pip install psutil") from None
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.redisproc import RedisServer  # noqa: E402
+from tests.redisproc import RedisServer
 
 SETUPS = ("memory", "cluster")
 ROOM = "fanout"
@@ -74,20 +70,12 @@ LOAD_CPU = 1
 LATENCY_RECORDERS = 500
 
 
-def pinned(command: list[str]) -> list[str]:
-    """`command` run on CPU 0 (with taskset, so that all its threads are), if there are two."""
-    taskset = shutil.which("taskset")
-    if (os.cpu_count() or 1) > 1 and taskset is not None:
-        return [taskset, "-c", str(SERVER_CPU), *command]
-    return command
-
-
 class Redis(RedisServer):
     def args(self) -> list[str]:
-        return pinned(super().args())
+        return pinned(super().args(), SERVER_CPU)
 
 
-class Node:
+class Node(ChatProcess):
     """`python -m chat` on a free port of 127.0.0.1 (on CPU 0), its stderr in a file."""
 
     def __init__(self, name: str, workdir: Path, redis_url: str | None) -> None:
@@ -102,32 +90,8 @@ class Node:
         }
         if redis_url is not None:
             config["redis"] = {"url": redis_url, "prefix": "fanout"}
-        path = workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.log = workdir / f"{name}.log"
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(
-                pinned([sys.executable, "-m", "chat", "--config", str(path),
-                        "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING"]),
-                cwd=workdir, stdout=subprocess.PIPE, stderr=log, text=True,
-                # The node runs this checkout's code, whatever the venv was installed from.
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.match(r"listening on (http://\S+)", line)
-        if not match:
-            self.proc.kill()
-            raise SystemExit(f"node {name} did not start: {line!r}\n{self.log.read_text()}")
-        self.url = match.group(1).replace("http://", "ws://") + "/ws"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__(config, workdir, name, label=f"node {name}", host="127.0.0.1",
+                         cpu=SERVER_CPU, stop_timeout=15)
 
 
 class Tally:

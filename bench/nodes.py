@@ -59,12 +59,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
-from say import Sender, pct  # bench/ is sys.path[0] when run as a script
+from common import ROOT, ChatProcess, busy_seconds, cpu_seconds  # bench/: sys.path[0]
+from say import Sender, pct
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.redisproc import RedisServer  # noqa: E402
+from tests.redisproc import RedisServer
 
 ROOMS = 5
 SETUPS = ("sqlite", "always", "everysec")
@@ -93,7 +92,7 @@ class Redis(RedisServer):
         return (0.0, "-") if worst is None else (float(worst[3]), worst[0].decode())
 
 
-class Node:
+class Node(ChatProcess):
     """`python -m chat` on a free port of 127.0.0.1, with its stderr kept in a file."""
 
     def __init__(self, name: str, history: dict[str, Any], redis_url: str | None,
@@ -106,46 +105,7 @@ class Node:
         }
         if redis_url is not None:
             config["redis"] = {"url": redis_url, "prefix": "bench"}
-        path = workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.log = workdir / f"{name}.log"
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "chat", "--config", str(path), "--host", "127.0.0.1",
-                 "--port", "0", "--log-level", "WARNING"],
-                cwd=workdir, stdout=subprocess.PIPE, stderr=log, text=True,
-                # The node runs this checkout's code, whatever the venv was installed from.
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.match(r"listening on (http://\S+)", line)
-        if not match:
-            self.proc.kill()
-            raise SystemExit(f"node {name} did not start: {line!r}\n{self.log.read_text()}")
-        self.http = match.group(1)
-        self.url = self.http.replace("http://", "ws://") + "/ws"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_seconds() -> float:
-    """CPU time the whole machine spent busy so far, all cores (Linux /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        super().__init__(config, workdir, name, label=f"node {name}", host="127.0.0.1")
 
 
 class Probe:

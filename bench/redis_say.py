@@ -36,7 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodes import Redis, cpu_seconds  # noqa: E402  (bench/ is sys.path[0])
+from common import cpu_seconds  # noqa: E402  (bench/ is sys.path[0])
+from nodes import Redis  # noqa: E402
 
 from chat.cluster.redis_link import RedisLink  # noqa: E402
 from chat.config import RedisConfig  # noqa: E402

@@ -21,10 +21,7 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +29,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import ChatProcess  # bench/ is sys.path[0] when run as a script
 
 
-class Server:
+class Server(ChatProcess):
     def __init__(self, backend: str, workdir: Path) -> None:
         config = {
             "history": {"backend": backend, "path": str(workdir / "bench.db")},
@@ -45,29 +40,7 @@ class Server:
             "limits": {"rate": {"messages": 1_000_000, "per": 1, "burst": 1_000_000},
                        "max_connections_per_ip": 10_000},
         }
-        path = workdir / f"{backend}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chat", "--config", str(path), "--port", "0",
-             "--log-level", "WARNING"],
-            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            # The server runs this checkout's code, whatever the venv was installed from.
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.match(r"listening on (http://\S+)", line)
-        if not match:
-            self.proc.kill()
-            raise SystemExit(f"server did not start: {line!r}")
-        self.url = match.group(1).replace("http://", "ws://") + "/ws"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__(config, workdir, backend, keep_log=False)
 
 
 class Sender:

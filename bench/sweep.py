@@ -33,9 +33,7 @@ import os
 import platform
 import re
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,11 +43,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
+from common import ROOT, ChatProcess, busy_seconds, cpu_seconds  # bench/: sys.path[0]
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from chat.heartbeat import Stall, sweep  # noqa: E402
+from chat.heartbeat import Stall, sweep
 
 METRIC = "chat_cleanup_sweep_seconds"
 
@@ -63,15 +60,7 @@ def raise_nofile() -> int:
     return soft
 
 
-def pinned(command: list[str]) -> list[str]:
-    """`command` run on CPU 0 (with taskset, so that all its threads are), if there are two."""
-    taskset = shutil.which("taskset")
-    if (os.cpu_count() or 1) > 1 and taskset is not None:
-        return [taskset, "-c", "0", *command]
-    return command
-
-
-class Server:
+class Server(ChatProcess):
     """`python -m chat` on a free port, tuned so that idle connections stay untouched."""
 
     def __init__(self, workdir: Path, connections: int) -> None:
@@ -84,45 +73,8 @@ class Server:
             "limits": {"max_connections": connections + 1000,
                        "max_connections_per_ip": connections + 1000},
         }
-        path = workdir / "sweep.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.log = workdir / "sweep.log"
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(
-                pinned([sys.executable, "-m", "chat", "--config", str(path),
-                        "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING"]),
-                cwd=workdir, stdout=subprocess.PIPE, stderr=log, text=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.match(r"listening on (http://\S+)", line)
-        if not match:
-            self.proc.kill()
-            raise SystemExit(f"server did not start: {line!r}\n{self.log.read_text()}")
-        self.http = match.group(1)
-        self.url = self.http.replace("http://", "ws://") + "/ws"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_seconds() -> float:
-    """CPU time the whole machine spent busy so far, all cores (Linux /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        super().__init__(config, workdir, "sweep", host="127.0.0.1", cpu=0,
+                         stop_timeout=30)
 
 
 @dataclass
