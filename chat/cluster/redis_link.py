@@ -8,6 +8,7 @@ have been executed, and only the client knows (by its `cid`) whether to send it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -180,6 +181,17 @@ class RedisLink:
         service's generation on after a restart that may have lost writes, before any
         command of ours reaches the restarted process.
         """
+        try:
+            await self._identify(conn)
+        except BaseException:
+            # redis-py disconnects after a RedisError from this hook only: a socket
+            # error, a timeout or a cancellation would leave the half-made connection's
+            # socket open until the garbage collector found it.
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            raise
+
+    async def _identify(self, conn: RedisConnection) -> None:
         await conn.on_connect()
         info = await _command(conn, "INFO", "server")
         run_id = _info_field(info, "run_id")
