@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from chat import protocol
@@ -55,6 +57,9 @@ class _Feed:
     suspect: int | None = None  # the stream's newest id when a check found the feed behind
     backlog: list[tuple[str, int, bytes]] = field(default_factory=list)
 
+
+# A retry that catches nothing: for the pub/sub connection, see RedisCluster._listen.
+_NO_RECONNECT: Final = Retry(NoBackoff(), 0, supported_errors=())
 
 class RedisCluster:
     instant = False
@@ -442,6 +447,14 @@ class RedisCluster:
                 # Connected first: a reader that starts before pubsub.connection is set dies
                 # at once (RuntimeError), and SUBSCRIBE's confirmation is then never read.
                 await self.link.run(pubsub.connect())
+                # redis-py reconnects a pub/sub connection whose command or read failed,
+                # from inside that command, even with no retries: with our reader and a
+                # SUBSCRIBE both on it, two reconnects race and one socket is lost.
+                # Here nothing is caught, so a break ends this subscription and this
+                # loop makes a new one.
+                connection = pubsub.connection
+                kept = connection.retry
+                connection.retry = _NO_RECONNECT
                 reader = asyncio.create_task(self._read(pubsub), name="redis-pubsub-read")
                 try:
                     await self._subscribe(pubsub, channels)
@@ -457,6 +470,7 @@ class RedisCluster:
                 finally:
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
+                    connection.retry = kept  # the connection goes back to the pool
             except (BackendUnavailable, RedisError, OSError) as err:
                 # The subscription alone may break (CLIENT KILL TYPE pubsub): that is no
                 # outage of Redis, so the link is left as it is. Said once per break,
