@@ -244,7 +244,7 @@ class Connection:
         requests is then slowed to the pace at which it takes the replies (its requests
         wait in TCP), instead of being dropped as a slow consumer for its own replies.
         """
-        if self._queued_bytes > self._send_buffer // 2 and self.close_code is None:
+        if self.replies_pending and self.close_code is None:
             drained = self._drained
             if drained is None or drained.done():  # done: a cancelled earlier wait
                 drained = self._drained = asyncio.get_running_loop().create_future()

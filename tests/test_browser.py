@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -12,16 +11,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-import aiohttp_jinja2
-import jinja2
 import pytest
-from aiohttp import WSMsgType, web
 from playwright.async_api import Browser, expect
 
 from chat import auth
-from chat.app import asset_dir
-from chat.keys import CONFIG as CONFIG_KEY
-from chat.routes import security_headers, setup_routes
 from tests.browser import (
     CONFIG,
     CONNECTED,
@@ -37,7 +30,7 @@ from tests.browser import (
     start_server,
     welcome_for,
 )
-from tests.helpers import Peer, make_config
+from tests.helpers import Peer
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -495,71 +488,43 @@ async def test_a_message_answered_unavailable_stays_pending_and_goes_again_with_
 
     # The real page and static files, with a scripted /ws: the real server's Redis-down
     # path is built and tested with the server.
-    async def chat_ws(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type is not WSMsgType.TEXT:
-                continue
-            frame = json.loads(msg.data)
-            kind = frame.get("type")
-            if kind == "hello":
-                await ws.send_json({
-                    "type": "welcome", "version": 1, "session": "s-1", "nick": frame["nick"],
-                    "rooms": [], "heartbeat": {"interval": 10, "timeout": 30},
-                    "limits": {"text": 2000, "frame": 16384, "rooms": 20,
-                               "rate": {"messages": 5, "per": 1, "burst": 10},
-                               "join_rate": {"messages": 5, "per": 1, "burst": 40}},
-                })
-            elif kind == "ping":
-                await ws.send_json({"type": "pong", "t": frame.get("t"), "ts": 0})
-            elif kind == "join":
-                await ws.send_json({"type": "joined", "room": frame["room"], "epoch": "e1",
-                                    "members": ["alice"], "messages": [], "complete": True})
-            elif kind == "say":
-                says.append(frame)
-                if len(says) == 1:
-                    await ws.send_json({"type": "error", "code": "unavailable", "ref": frame["cid"],
-                                        "message": "the server cannot reach Redis",
-                                        "retry_after": 1.5})
-                    continue
-                await ws.send_json({"type": "ack", "cid": frame["cid"], "room": frame["room"],
-                                    "id": 1, "ts": 1_700_000_000_000})
-                await ws.send_json({"type": "message", "room": frame["room"], "id": 1,
-                                    "nick": "alice", "text": frame["text"],
-                                    "ts": 1_700_000_000_000, "cid": frame["cid"]})
-        return ws
+    async def answer(frame: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = frame.get("type")
+        if kind == "hello":
+            return [welcome_for(frame["nick"])]
+        if kind == "join":
+            return [{"type": "joined", "room": frame["room"], "epoch": "e1",
+                     "members": ["alice"], "messages": [], "complete": True}]
+        if kind == "say":
+            says.append(frame)
+            if len(says) == 1:
+                return [{"type": "error", "code": "unavailable", "ref": frame["cid"],
+                         "message": "the server cannot reach Redis", "retry_after": 1.5}]
+            return [
+                {"type": "ack", "cid": frame["cid"], "room": frame["room"],
+                 "id": 1, "ts": 1_700_000_000_000},
+                {"type": "message", "room": frame["room"], "id": 1, "nick": "alice",
+                 "text": frame["text"], "ts": 1_700_000_000_000, "cid": frame["cid"]},
+            ]
+        return []
 
-    app = web.Application()
-    app.on_response_prepare.append(security_headers)
-    app[CONFIG_KEY] = make_config()
-    aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.FileSystemLoader(asset_dir("templates")),
-        autoescape=jinja2.select_autoescape(["html"]),
-    )
-    app.router.add_get("/ws", chat_ws)
-    setup_routes(app, asset_dir("static"))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    alice = await ChatPage.open(browser, f"http://127.0.0.1:{port}/")
-    try:
-        await alice.sign_in("alice")
-        await alice.type_message("kept for later")
-        await expect(alice.pending).to_have_count(1)
-        await expect(alice.pending.locator(".state")).to_have_text("server unavailable, retrying")
-        await expect(alice.status).to_have_text("server unavailable, retrying")
-        await expect(alice.page.locator("#status-detail")).to_have_text(re.compile(r"^in \d s$"))
-        await expect(alice.page.locator("#messages li.failed")).to_have_count(0)
-        await alice.see("kept for later")
-        await expect(alice.pending).to_have_count(0)
-        await expect(alice.status).to_have_text(CONNECTED)
-        assert len(says) == 2 and says[0] == says[1]  # the same cid, sent again
-        assert await alice.csp_violations() == []
-        alice.assert_no_page_errors()
-    finally:
-        await alice.close()
-        await runner.cleanup()
+    async with scripted_page_server(answer) as url:
+        alice = await ChatPage.open(browser, url)
+        try:
+            await alice.sign_in("alice")
+            await alice.type_message("kept for later")
+            await expect(alice.pending).to_have_count(1)
+            unavailable = "server unavailable, retrying"
+            await expect(alice.pending.locator(".state")).to_have_text(unavailable)
+            await expect(alice.status).to_have_text(unavailable)
+            detail = alice.page.locator("#status-detail")
+            await expect(detail).to_have_text(re.compile(r"^in \d s$"))
+            await expect(alice.page.locator("#messages li.failed")).to_have_count(0)
+            await alice.see("kept for later")
+            await expect(alice.pending).to_have_count(0)
+            await expect(alice.status).to_have_text(CONNECTED)
+            assert len(says) == 2 and says[0] == says[1]  # the same cid, sent again
+            assert await alice.csp_violations() == []
+            alice.assert_no_page_errors()
+        finally:
+            await alice.close()
