@@ -87,6 +87,16 @@ SYNCHRONOUS: Final = "FULL"
 OPEN_BUSY_TIMEOUT: Final = 1.0  # s
 BUSY_TIMEOUT_MS: Final = 5000
 CHECK_TIMEOUT: Final = 2.0  # s a readiness check waits for the database thread
+# Readiness writes a committed probe at most this often while commits work (each is an
+# fsync); while they fail it probes on every check, which costs nothing on the disk.
+PROBE_INTERVAL: Final = 1.0  # s
+# Bytes the database's file system must have free for /readyz to say commits will work.
+# A probe alone cannot tell: it may commit into WAL space allocated before the disk
+# filled. The next commit needs room for one say at the largest frame the server reads
+# (64 KiB of text, stored as a row plus overflow pages), its index and `rooms` pages and
+# a 24-byte header per 4 KiB WAL frame: under 100 KiB; four frames' worth leaves room for
+# a small group commit and the -shm file's growth, and is nothing on a real disk.
+FREE_FLOOR: Final = 256 * 1024
 _MAX_ID: Final = 2**63 - 1  # SQLite's largest integer: a `before` past it bounds nothing
 
 _COLUMNS: Final = "room, id, nick, text, ts, cid"
@@ -235,8 +245,17 @@ class _Database:
             self._conn = None
         self._unlock()
 
-    def check(self) -> None:
-        self.conn.execute("SELECT 1").fetchone()
+    def check(self, probe: bool) -> str | None:
+        """Why a commit cannot work now (None: it can); `probe` commits a tiny write
+        rather than only reading. Raises `sqlite3.Error` when SQLite refuses."""
+        lacking = _room_lacking(self.path, os.geteuid() == 0)
+        if lacking is not None:
+            return lacking
+        if probe:
+            self.probe()
+        else:
+            self.conn.execute("SELECT 1").fetchone()
+        return None
 
     def probe(self) -> None:
         """A tiny write, committed: whether the file takes commits again."""
@@ -437,6 +456,28 @@ def _chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _room_lacking(path: str, root: bool) -> str | None:
+    """Why the file system holding `path` cannot take a commit, or None: read-only, or
+    fewer than FREE_FLOOR bytes free (for root counting the blocks reserved for root,
+    which ext4 lets it write)."""
+    try:
+        fs = os.statvfs(Path(path).parent)
+    except OSError as err:
+        return f"cannot stat the database's file system: {err.strerror}"
+    if fs.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    free = (fs.f_bfree if root else fs.f_bavail) * fs.f_frsize
+    if free < FREE_FLOOR:
+        return f"disk full: {free} bytes free, commits need {FREE_FLOOR}"
+    return None
+
+
+def probe_due(now: float, last_ok: float | None, failing: bool) -> bool:
+    """Whether a readiness check commits a probe: always while commits fail (so the
+    first check after the cause is gone finds out), else once per PROBE_INTERVAL."""
+    return failing or last_ok is None or now - last_ok >= PROBE_INTERVAL
+
+
 def _reason(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     if text == "database is locked":
@@ -461,6 +502,9 @@ class SqliteHistory:
         self.commits = 0  # batches committed (for tests and the benchmark)
         # Why the last commit failed, until one succeeds again: readiness reports it.
         self._write_error: str | None = None
+        # Readiness probes: when one last committed (monotonic), and whether the last failed.
+        self._probed_at: float | None = None
+        self._probe_failed = False
         # Told (messages, seconds) of every commit, on the loop: the app's metrics.
         self._on_commit = on_commit
         self._db = _Database(path, retain)
@@ -520,22 +564,30 @@ class SqliteHistory:
             return "stopped"
         if self._closing:
             return "closing"
-        # Reading works on a full disk or a read-only file; only a write tells whether
-        # commits work again, so after a failed commit the check probes with one.
+        # Reading works on a full disk or a read-only file, so the check looks at the file
+        # system's free space and flags, and commits a probe now and then: a file system
+        # turned read-only (ext4 after an error) shows no flag, only failing writes.
         failed = self._write_error
+        now = time.monotonic()
+        probe = probe_due(now, self._probed_at, failed is not None or self._probe_failed)
         try:
-            await asyncio.wait_for(
-                self._read(self._db.check if failed is None else self._db.probe), CHECK_TIMEOUT
-            )
+            lacking = await asyncio.wait_for(self._read(self._db.check, probe), CHECK_TIMEOUT)
         except TimeoutError:
             return f"no answer within {CHECK_TIMEOUT:g} s"
         except sqlite3.Error as err:
             reason = str(err) or type(err).__name__
-            return reason if failed is None else f"cannot commit: {reason}"
+            if not probe:
+                return reason
+            self._probe_failed = True
+            return f"cannot commit: {reason}"
         except RuntimeError:  # closed or stopped meanwhile
             return "stopped"
-        if failed is not None and self._write_error == failed:
-            self._write_error = None  # the probe committed: so will the next batch
+        if lacking is not None:
+            return lacking
+        if probe:
+            self._probed_at, self._probe_failed = now, False
+            if failed is not None and self._write_error == failed:
+                self._write_error = None  # the probe committed: so will the next batch
         return "ok"
 
     def _queue(self, append: _QueuedAppend | None, read: _QueuedRead | None) -> None:
