@@ -20,7 +20,7 @@ from chat.app import create_app
 from chat.config import Config
 from chat.keys import HUB, METRICS
 from tests.helpers import DEADLINE, Peer, make_config, merge, until
-from tests.redisproc import RedisServer
+from tests.redisproc import RedisServer, free_port
 
 Node = TestClient[Any, Any]
 
@@ -579,3 +579,65 @@ async def test_more_requests_at_once_than_pooled_connections(make_node: MakeNode
     replies = [await who.expect_any(("history", "error")) for who in peers]
     assert [reply["type"] for reply in replies] == ["history"] * len(peers)
     assert (await a.get("/readyz")).status == 200
+
+
+async def readiness(node: Node) -> tuple[int, dict[str, Any]]:
+    response = await node.get("/readyz")
+    body: dict[str, Any] = await response.json()
+    return response.status, body
+
+
+async def refused_say(who: Peer, room: str, cid: str) -> dict[str, Any]:
+    """A say answered `unavailable` (not acknowledged, the connection kept)."""
+    await who.send({"type": "say", "room": room, "text": "refused", "cid": cid})
+    reply = await who.expect_any(("ack", "error"))
+    assert (reply["type"], reply.get("code"), reply.get("ref")) == ("error", "unavailable", cid)
+    return reply
+
+
+async def test_redis_out_of_memory_is_unready_until_it_takes_writes(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """maxmemory below what Redis uses (noeviction): says get `unavailable`, /readyz is
+    503 naming OOM; maxmemory 0: ready again within the contract's 5 s, says work."""
+    a = await make_node()
+    alice = await peer(a, "alice")
+    await alice.join("lobby")
+    await alice.say("lobby", "before")
+    assert (await readiness(a))[0] == 200
+    redis_server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    redis_server.command("CONFIG", "SET", "maxmemory", "1")
+    await refused_say(alice, "lobby", "oom")
+    status, body = await readiness(a)
+    assert (status, body["status"]) == (503, "unavailable"), body
+    assert body["backends"]["history"].startswith("redis refuses writes: OOM "), body
+
+    redis_server.command("CONFIG", "SET", "maxmemory", "0")
+    await until_ready(a)
+    assert (await say_retrying(alice, "lobby", "after", "oom"))["id"] == 2
+    assert alice.ws.closed is False
+
+
+async def test_redis_turned_replica_is_unready_until_primary_again(
+    make_node: MakeNode, redis_server: RedisServer
+) -> None:
+    """REPLICAOF a master that does not answer: Redis keeps its data but refuses writes
+    (READONLY): says get `unavailable`, /readyz 503; REPLICAOF NO ONE: ready, nothing lost."""
+    a = await make_node()
+    alice = await peer(a, "alice")
+    await alice.join("lobby")
+    for n in range(3):
+        await alice.say("lobby", f"kept {n}")
+    redis_server.command("REPLICAOF", "127.0.0.1", str(free_port()))
+    await refused_say(alice, "lobby", "ro")
+    status, body = await readiness(a)
+    assert (status, body["status"]) == (503, "unavailable"), body
+    assert body["backends"]["history"].startswith("redis refuses writes: READONLY "), body
+
+    redis_server.command("REPLICAOF", "NO", "ONE")
+    await until_ready(a)
+    assert (await say_retrying(alice, "lobby", "after", "ro"))["id"] == 4
+    await alice.send({"type": "history", "room": "lobby"})
+    page = await alice.expect("history")
+    texts = [m["text"] for m in page["messages"]]
+    assert texts == ["kept 0", "kept 1", "kept 2", "after"], page

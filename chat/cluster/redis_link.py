@@ -141,10 +141,13 @@ class RedisLink:
     def failed(self, err: BaseException) -> BackendUnavailable:
         """Mark the link down; the error to raise to the request that found out."""
         reason = _describe(err)
+        # A reply means Redis is there but will not write (full, a replica, loading):
+        # the operator's fix is on Redis's side, not the network's.
+        state = "refuses writes" if isinstance(err, ResponseError) else "unreachable"
         if self.up:
-            logger.warning("redis unreachable at %s: %s", self.config.url, reason)
+            logger.warning("redis %s at %s: %s", state, self.config.url, reason)
         self.up = False
-        self.reason = f"redis unreachable: {reason}"
+        self.reason = f"redis {state}: {reason}"
         self.healthy_since = None
         self.metrics.redis_up.set(0)
         return BackendUnavailable("the server cannot reach its database; retry", RETRY_AFTER)
@@ -267,6 +270,11 @@ def _text(value: Any) -> str | None:
 
 def _describe(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
+    # redis-py drops the error code from these two; the reason should name it.
+    if isinstance(err, OutOfMemoryError):
+        text = f"OOM {text}"
+    elif isinstance(err, ReadOnlyError):
+        text = f"READONLY {text}"
     return text.splitlines()[0][:200]
 
 
