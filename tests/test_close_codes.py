@@ -55,20 +55,26 @@ async def test_oversize_counts_1009(client: Client, caplog: pytest.LogCaptureFix
     assert ends(caplog) == ["1009"]
 
 
-async def test_bad_utf8_counts_1007(client: Client) -> None:
-    """A text frame that is not UTF-8 is counted under 1007."""
+async def test_bad_utf8_counts_1007(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    """A text frame that is not UTF-8 is counted and logged under 1007, the code sent."""
+    caplog.set_level(logging.INFO)
     peer = Peer(await client.ws_connect("/ws"))
     await peer.ws.send_frame(b"\xff\xfe", WSMsgType.TEXT)
     assert await peer.closed() == 1007
     assert await closes(client) == {"1007": 1.0}
+    assert ends(caplog) == ["1007"]
 
 
-async def test_protocol_violation_counts_1002(client: Client) -> None:
-    """A frame with a reserved bit set is counted under 1002, not 1006."""
+async def test_protocol_violation_counts_1002(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame with a reserved bit set is counted and logged under 1002, not 1006."""
+    caplog.set_level(logging.INFO)
     sock = await RawWebSocket.open(client.host, client.port)
     sock.writer.write(masked_frame(b'{"type": "ping"}', first=0xC1))
     try:
         assert await closes(client) == {"1002": 1.0}
+        assert ends(caplog) == ["1002"]
     finally:
         sock.abort()
 
