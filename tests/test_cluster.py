@@ -641,3 +641,25 @@ async def test_redis_turned_replica_is_unready_until_primary_again(
     page = await alice.expect("history")
     texts = [m["text"] for m in page["messages"]]
     assert texts == ["kept 0", "kept 1", "kept 2", "after"], page
+
+
+async def test_join_leave_flood_ends_with_1008_on_redis(make_node: MakeNode) -> None:
+    """limits.join_rate holds on the Redis backend: a join/leave flood sent without
+    reading gets its burst, then ten rate_limited and close 1008; a member on another
+    node saw only the burst's presence frames."""
+    tight = {"limits": {"join_rate": {"messages": 1, "per": 60, "burst": 4}}}
+    a, b = await make_node(tight), await make_node()
+    flooder, watcher = await peer(a, "alice"), await peer(b, "watcher")
+    await watcher.join("lobby")
+    for _ in range(50):
+        await flooder.send({"type": "join", "room": "lobby"})
+        await flooder.send({"type": "leave", "room": "lobby"})
+    answers = []
+    while len(answers) < 14:
+        frame = await flooder.recv()
+        answers.append(frame.get("code", frame["type"]))
+    assert answers == ["joined", "left"] * 2 + ["rate_limited"] * 10
+    assert await flooder.closed() == 1008
+    events = [(await watcher.next_is("presence"))["event"] for _ in range(4)]
+    assert events == ["join", "leave", "join", "leave"]
+    assert (await readiness(a))[0] == 200
