@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
@@ -943,3 +945,73 @@ async def test_terminal_front_end_sends_stdin_lines_and_prints_the_room(
         assert proc.returncode == 0, err.decode()
         assert any(line.endswith("] bob: hello from bob") for line in lines), lines
         assert lines[0].startswith("* connected as bob"), lines
+
+
+# --------------------------------------------------------------------------- re-join pacing
+
+# Tight enough to matter: a burst of 3 against 20 rooms, so a client that re-joined
+# without pacing would be refused at its fourth join; fast enough (20 joins in about
+# two seconds at the client's 9 a second) for a test.
+TIGHT_JOINS: Final = {"join_rate": {"messages": 10, "per": 1.0, "burst": 3}}
+
+
+def refusals(bot: Bot, after: int = 0) -> list[Event]:
+    """Errors and closes the client showed that pacing should have spared it (a
+    rate_limited join is retried quietly: `rate_limited_sent` counts those)."""
+    return [e for e in bot.events[after:]
+            if e["type"] == "error"
+            or (e["type"] == "status" and e.get("code") not in (None, Close.GOING_AWAY))]
+
+
+async def rate_limited_sent(http: Any, base: str) -> float:
+    """chat_errors_total{code="rate_limited"} from the server's /metrics."""
+    async with http.get(f"{base}/metrics") as response:
+        text = await response.text()
+    found = re.search(r'^chat_errors_total\{code="rate_limited"\} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_twenty_rooms_resume_within_a_real_join_rate_after_a_cut(
+    aiohttp_client: Any, open_bot: OpenBot
+) -> None:
+    """The real app with a tight limits.join_rate: a session in 20 rooms whose TCP is cut
+    joins them all again, none refused (rate_limited) and no close for its own joins."""
+    config = make_config({"limits": TIGHT_JOINS, "heartbeat": {"interval": 1, "timeout": 10}})
+    client = await aiohttp_client(create_app(config))
+    alice = await open_bot(str(client.make_url("/ws")), "alice")
+    rooms = [f"room{i}" for i in range(20)]
+    await asyncio.wait_for(asyncio.gather(*(alice.client.join(r) for r in rooms)), DEADLINE)
+    mark = len(alice.events)
+    alice.client.drop()
+    await rejoined(alice, 20, after=mark)
+    assert sorted(alice.client.rooms) == sorted(rooms)
+    assert refusals(alice) == []
+    assert await rate_limited_sent(client.session, str(client.make_url(""))) == 0
+    assert (await said(alice, "still here", room="room19"))["room"] == "room19"
+
+
+async def test_twenty_rooms_rejoin_within_a_real_join_rate_after_a_restart(
+    tmp_path: Path, open_bot: OpenBot
+) -> None:
+    """A server process restarted (close 1001, a new session on the new process) with a
+    tight limits.join_rate: the client joins its 20 rooms again, none refused."""
+    config = write_config(tmp_path, {**FAST, "limits": TIGHT_JOINS,
+                                     "heartbeat": {"interval": 1, "timeout": 10}})
+    rooms = [f"room{i}" for i in range(20)]
+    with ServerProcess("--config", str(config)) as first:
+        alice = await open_bot(first.ws_url, "alice")
+        await asyncio.wait_for(asyncio.gather(*(alice.client.join(r) for r in rooms)), DEADLINE)
+        port = first.port
+        mark = len(alice.events)
+        first.send_signal(signal.SIGTERM)
+        assert await first.wait_async(DEADLINE) == 0
+    going = await alice.status("reconnecting", after=mark)
+    assert going["code"] == Close.GOING_AWAY
+    with ServerProcess("--config", str(config), port=port) as second:
+        connected = await alice.status("connected", after=mark)
+        assert connected["resumed"] is False
+        await rejoined(alice, 20, after=mark)
+        assert refusals(alice) == []
+        async with aiohttp.ClientSession() as http:
+            assert await rate_limited_sent(http, f"http://127.0.0.1:{second.port}") == 0
+        assert (await said(alice, "back", room="room19"))["id"] == 1
