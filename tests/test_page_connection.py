@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import time
 from pathlib import Path
@@ -186,3 +187,56 @@ async def test_a_message_queued_while_down_survives_a_reload_and_arrives_once(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def rooms_with_members(http: aiohttp.ClientSession, server: ServerProcess) -> set[str]:
+    async with http.get(f"{server.url}/api/rooms") as response:
+        rooms = await response.json()
+    return {room["room"] for room in rooms if room["members"] > 0}
+
+
+async def until_rooms(http: aiohttp.ClientSession, server: ServerProcess, want: set[str],
+                      within: float) -> None:
+    """Poll /api/rooms (bounded) until exactly `want` have members."""
+    async with asyncio.timeout(within):
+        while await rooms_with_members(http, server) != want:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_twenty_rooms_rejoined_within_a_real_join_rate_after_a_restart(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """A page in 20 rooms on a server with a tight limits.join_rate (burst 3), the server
+    restarted (close 1001, a new session): every room is joined again and the server
+    answered none of the page's joins rate_limited."""
+    tight = tmp_path / "tight-joins"
+    tight.mkdir()
+    limits = {"join_rate": {"messages": 10, "per": 1.0, "burst": 3}}
+    write_config(tight, {**CONFIG, "limits": limits})
+    first = start_server(tight)
+    servers.append(first)
+    rooms = {"lobby", *(f"r{n}" for n in range(1, 20))}
+    alice = await ChatPage.open(browser, first.url + "/")
+    try:
+        await alice.sign_in("alice")
+        join_box = alice.page.get_by_label("Join room")
+        for n in range(1, 20):
+            await join_box.fill(f"r{n}")
+            await join_box.press("Enter")
+            await expect(alice.page.locator("#room-title")).to_have_text(f"#r{n}")
+        async with aiohttp.ClientSession() as http:
+            await until_rooms(http, first, rooms, within=5)
+            first.send_signal(signal.SIGTERM)
+            assert await first.wait_async(within=5) == 0
+            second = start_server(tight, port=first.port)
+            servers.append(second)
+            # 20 joins at the page's 9 a second after a burst of 2: about 2 s.
+            await until_rooms(http, second, rooms, within=8)
+            async with http.get(f"{second.url}/metrics") as response:
+                metrics = await response.text()
+        refused = re.search(r'^chat_errors_total\{code="rate_limited"\} (\S+)$', metrics, re.M)
+        assert refused is None or float(refused.group(1)) == 0, refused
+        await alice.joined("alice")
+        alice.assert_no_page_errors()
+    finally:
+        await alice.close()
