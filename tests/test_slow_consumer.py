@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from chat.app import create_app
 from chat.keys import HUB
 from chat.protocol import Close, nick_key
-from tests.helpers import DEADLINE, Peer, gauge, make_config, until
+from tests.helpers import DEADLINE, Peer, gauge, make_config, merge, until
 
 Client = TestClient[Any, Any]
 
@@ -170,15 +170,26 @@ async def test_prompt_reader_sending_a_burst_is_not_slow(client: Client) -> None
     assert acks == list(range(1, 21))
 
 
+def backend_config(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The `history` (and `redis`) settings for `backend`; Redis is a real redis-server."""
+    if backend == "sqlite":
+        return {"history": {"backend": "sqlite", "path": str(tmp_path / "chat.db")}}
+    server = request.getfixturevalue("redis_server")
+    return {"history": {"backend": "redis"}, "redis": {"url": server.url, "node_timeout": 1.5}}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_recovery_larger_than_send_buffer_during_live_traffic(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ) -> None:
-    """A joined bigger than send_buffer, and the live frames held meanwhile, never cause 4001."""
-    config = make_config({
-        "history": {"backend": "sqlite", "path": str(tmp_path / "chat.db"), "recover": 100},
+    """A joined bigger than send_buffer, and the live frames held meanwhile, never cause
+    4001: 20 tries on each backend (on Redis the live messages reach the node by pub/sub,
+    on their own connection, while the recovery is read from the stream)."""
+    config = make_config(merge(backend_config(backend, request, tmp_path), {
+        "history": {"recover": 100},
         "limits": {"send_buffer": SEND_BUFFER},
         "heartbeat": {"interval": 10, "timeout": 30},
-    })
+    }))
     client: Client = await aiohttp_client(create_app(config))
     talker = Peer(await client.ws_connect("/ws"))
     await talker.hello("talker")
