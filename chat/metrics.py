@@ -56,7 +56,7 @@ class Metrics:
         # messages each commit carries (under load, many; a slow disk shows here first).
         self.commit_seconds = Histogram(
             "chat_history_commit_seconds",
-            "Time to store and commit one batch of messages (SQLite), or one say (Redis).",
+            "Time to store and commit one batch of messages (SQLite) or one round of says (Redis).",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )

@@ -341,9 +341,17 @@ class RedisCluster:
 
     def _on_room(self, feed: _Feed, data: bytes) -> None:
         kind = data[:2]
-        if kind == b"M ":
-            _, epoch, msg_id, frame = data.split(b" ", 3)
-            self._on_message(feed, epoch.decode(), int(msg_id), frame)
+        if kind == b"N ":
+            # A round's new messages of the room, with consecutive ids from `first`.
+            _, epoch_bytes, first, frames = data.split(b" ", 3)
+            epoch = epoch_bytes.decode()
+            for msg_id, frame in enumerate(frames.split(b"\n"), int(first)):
+                self._on_message(feed, epoch, msg_id, frame)
+        elif kind == b"M ":
+            # One message, as nodes before the per-round script published it: a node
+            # of this version still follows them during a rolling upgrade.
+            _, epoch_bytes, msg_id_bytes, frame = data.split(b" ", 3)
+            self._on_message(feed, epoch_bytes.decode(), int(msg_id_bytes), frame)
         elif kind in (b"P ", b"T "):
             _, session, frame = data.split(b" ", 2)
             self.node.deliver(feed.room, frame, exclude=session.decode())

@@ -48,37 +48,72 @@ local function end_session(P, sid, nick, key, node, reason)
 end
 """
 
-# KEYS: meta, log, cids, generation, rooms
-# ARGV: nick key, cid ('' for none), frame head, frame tail, retain, fresh epoch,
-#       channel, room
-# Returns {created (1|0), id, epoch, frame}.
-SAY: Final = _EPOCH + """
-local epoch = epoch_of(KEYS[1], KEYS[4], ARGV[6])
-local field = false
-if ARGV[2] ~= '' then
-  field = ARGV[1] .. '\\0' .. ARGV[2]
-  local old = redis.call('HGET', KEYS[3], field)
-  if old then
-    local entry = redis.call('XRANGE', KEYS[2], old .. '-0', old .. '-0')
-    if entry[1] then return {0, tonumber(old), epoch, entry[1][2][2]} end
+# The says of one round (chat.history.redis), grouped by room; each room's in queue order.
+# The shebang makes Redis refuse the whole script up front when it is out of memory or
+# read-only, instead of failing at its first write with part of the round stored.
+# KEYS: generation, rooms, then per room of the round: meta, log, cids
+# ARGV: retain, fresh epoch, number of rooms R, then per room: channel, name, says in it,
+#       then per say (rooms in the same order): nick key, cid ('' for none), frame head,
+#       frame tail
+# Returns per say, in argument order: id, and '' when stored now or, for a cid already
+# stored, the original's frame (its id is the original's).
+# Publishes per room one `N EPOCH FIRST FRAME\nFRAME...`: the frames stored now, with
+# consecutive ids from FIRST (a JSON frame never holds a raw newline).
+SAY: Final = "#!lua\n" + _EPOCH + """
+local retain = tonumber(ARGV[1])
+local fresh = ARGV[2]
+local rooms = tonumber(ARGV[3])
+local out = {}
+local a = 4 + rooms * 3
+for r = 0, rooms - 1 do
+  local meta, log, cids = KEYS[3 + r * 3], KEYS[4 + r * 3], KEYS[5 + r * 3]
+  local channel, name = ARGV[4 + r * 3], ARGV[5 + r * 3]
+  local says = tonumber(ARGV[6 + r * 3])
+  local epoch = epoch_of(meta, KEYS[1], fresh)
+  local first = false
+  local frames = {}
+  for _ = 1, says do
+    local key, cid = ARGV[a], ARGV[a + 1]
+    local field = false
+    local original = false
+    if cid ~= '' then
+      field = key .. '\\0' .. cid
+      local old = redis.call('HGET', cids, field)
+      if old then
+        local entry = redis.call('XRANGE', log, old .. '-0', old .. '-0')
+        if entry[1] then original = {tonumber(old), entry[1][2][2]} end
+      end
+    end
+    if original then
+      out[#out + 1] = original[1]
+      out[#out + 1] = original[2]
+    else
+      local id = redis.call('HINCRBY', meta, 'last', 1)
+      local frame = ARGV[a + 2] .. id .. ARGV[a + 3]
+      redis.call('XADD', log, id .. '-0', 'f', frame, 'k', key, 'c', cid)
+      if field then redis.call('HSET', cids, field, id) end
+      if id == 1 then redis.call('ZADD', KEYS[2], 0, name) end
+      if not first then first = id end
+      frames[#frames + 1] = frame
+      out[#out + 1] = id
+      out[#out + 1] = ''
+    end
+    a = a + 4
+  end
+  local n = redis.call('XLEN', log)
+  if n > retain then
+    for _, entry in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', n - retain)) do
+      local f = entry[2]
+      if f[6] ~= '' then redis.call('HDEL', cids, f[4] .. '\\0' .. f[6]) end
+    end
+    redis.call('XTRIM', log, 'MAXLEN', retain)
+  end
+  if first then
+    local batch = table.concat(frames, '\\n')
+    redis.call('PUBLISH', channel, 'N ' .. epoch .. ' ' .. first .. ' ' .. batch)
   end
 end
-local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
-local frame = ARGV[3] .. id .. ARGV[4]
-redis.call('XADD', KEYS[2], id .. '-0', 'f', frame, 'k', ARGV[1], 'c', ARGV[2])
-if field then redis.call('HSET', KEYS[3], field, id) end
-local retain = tonumber(ARGV[5])
-local n = redis.call('XLEN', KEYS[2])
-if n > retain then
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', n - retain)) do
-    local f = entry[2]
-    if f[6] ~= '' then redis.call('HDEL', KEYS[3], f[4] .. '\\0' .. f[6]) end
-  end
-  redis.call('XTRIM', KEYS[2], 'MAXLEN', retain)
-end
-if id == 1 then redis.call('ZADD', KEYS[5], 0, ARGV[8]) end
-redis.call('PUBLISH', ARGV[7], 'M ' .. epoch .. ' ' .. id .. ' ' .. frame)
-return {1, id, epoch, frame}
+return out
 """
 
 # KEYS: meta, log, generation. ARGV: fresh epoch.

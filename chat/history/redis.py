@@ -1,10 +1,11 @@
 """The Redis history backend: each room's messages in a stream that every node shares.
 
-One Lua script per `say` (chat.cluster.scripts.SAY) looks up the cid, takes the room's
-next id, appends to the stream trimmed to `history.retain`, records the cid and
-publishes, atomically: ids are consecutive cluster-wide and publish order is id order.
-The ack is sent once Redis has executed the script; delivery to members happens on every
-node through the room's feed (chat.cluster.redis_cluster), not here.
+The says queued on a node go to Redis together, one Lua script per round
+(chat.cluster.scripts.SAY): for each say it looks up the cid, takes the room's next id,
+appends to the stream trimmed to `history.retain` and records the cid; then it publishes
+each room's new messages, atomically: ids are consecutive cluster-wide and publish order
+is id order. The ack is sent once Redis has executed the script; delivery to members
+happens on every node through the room's feed (chat.cluster.redis_cluster), not here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from chat.cluster.redis_link import RedisLink
 from chat.history import Message, NewMessage, Page, Replay, Stored, announce, plan_replay
 
 _MAX_ID: Final = 2**64 - 1  # the largest stream id part
+# The most says one script stores: Redis runs a script alone, and other nodes' requests
+# wait for it; the rest of a longer queue goes in the next round.
+ROUND_LIMIT: Final = 256
+
+# A queued say and the future of its (id, original frame or b"").
+_Queued = tuple[NewMessage, asyncio.Future[tuple[int, bytes]]]
 
 
 def _frame_parts(room: str, nick: str, text: str, ts: int, cid: str | None) -> tuple[bytes, bytes]:
@@ -52,7 +59,7 @@ class RedisHistory:
         self.keys = link.keys
         self._retain = retain
         self._on_commit = on_commit
-        self._queue: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._queue: list[_Queued] = []
         self._rounds: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -71,75 +78,72 @@ class RedisHistory:
         return "ok"
 
     async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
-        room, nick, key, text, cid, ts = new.room, new.nick, new.key, new.text, new.cid, new.ts
-        keys = self.keys
-        head, tail = _frame_parts(room, nick, text, ts, cid)
-        created, msg_id, _epoch, frame = await self._say(
-            [keys.meta(room), keys.log(room), keys.cids(room), keys.generation, keys.rooms],
-            [key, cid or "", head, tail, self._retain, secrets.token_hex(8), keys.room(room), room],
-        )
-        if created:
-            message = Message(room, int(msg_id), nick, text, ts, cid)
+        """Store in the next round (see `_send_rounds`); the answer in id order per room."""
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self._queue.append((new, future))
+        if self._rounds is None or self._rounds.done():
+            self._rounds = asyncio.create_task(self._send_rounds(), name="redis-says")
+        msg_id, original = await future
+        if original:
+            answer = (_message(original), False)
         else:
-            message = _message(frame)
-        answer = (message, bool(created))
+            answer = (Message(new.room, msg_id, new.nick, new.text, new.ts, new.cid), True)
         announce(stored, *answer)
         return answer
 
-    async def _say(self, keys: list[str], args: list[Any]) -> Any:
-        """Run the say script in the next round: one pipeline per round trip.
-
-        The group commit of the SQLite backend, on Redis: the says queued while a round
-        is in flight leave together when it is answered (one write, one read), each
-        still its own atomic script, in queue order. Nothing is retried: a round that
-        fails fails each of its says with `unavailable`, and the clients re-send them
-        with their cid.
-        """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(([*keys, *args], future))
-        if self._rounds is None or self._rounds.done():
-            self._rounds = asyncio.create_task(self._send_rounds(), name="redis-says")
-        return await future
-
     async def _send_rounds(self) -> None:
+        """Send the says queued meanwhile as one script when the previous round is answered.
+
+        The group commit of the SQLite backend, on Redis: one EVALSHA, one write and one
+        read per round, whatever its size; each room's says stay in queue order, so ids
+        follow it. A script runs atomically and is refused whole when Redis cannot
+        write, so a round is stored entirely or not at all. Nothing is retried: a round
+        that fails fails each of its says with `unavailable`, and the clients re-send
+        them with their cid.
+        """
         while self._queue:
-            batch, self._queue = self._queue, []
+            batch, self._queue = self._queue[:ROUND_LIMIT], self._queue[ROUND_LIMIT:]
             started = time.perf_counter()
+            by_room: dict[str, list[_Queued]] = {}
+            for queued in batch:
+                by_room.setdefault(queued[0].room, []).append(queued)
+            ordered = [queued for says in by_room.values() for queued in says]
             try:
-                replies = await self._round([command for command, _ in batch])
+                reply = await self._round(by_room)
             except Exception as err:
-                for _, future in batch:
+                for _, future in ordered:
                     if not future.done():
                         future.set_exception(err)
                 continue
             if self._on_commit is not None:
                 self._on_commit(len(batch), time.perf_counter() - started)
-            for (_, future), reply in zip(batch, replies, strict=True):
-                if future.done():
-                    continue  # its request was cancelled; the message is stored all the same
-                if isinstance(reply, BaseException):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+            for n, (_, future) in enumerate(ordered):
+                # Not done: its request may have been cancelled; the message is stored
+                # all the same.
+                if not future.done():
+                    future.set_result((int(reply[2 * n]), reply[2 * n + 1]))
 
-    async def _round(self, commands: list[list[Any]]) -> list[Any]:
-        """EVALSHA each command in one pipeline; load the script if Redis lost it."""
-        replies = await self._pipeline(commands)
-        # A NOSCRIPT reply means that script did not run: safe to send it again.
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            await self.link.run(self.link.client.script_load(scripts.SAY))
-            again = await self._pipeline([commands[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return [self.link.reply(reply) for reply in replies]
-
-    async def _pipeline(self, commands: list[list[Any]]) -> list[Any]:
-        async with self.link.client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.evalsha(self.link.say.sha, 5, *command)
-            replies: list[Any] = await self.link.run(pipe.execute(raise_on_error=False))
-        return replies
+    async def _round(self, by_room: dict[str, list[_Queued]]) -> list[Any]:
+        """Run the say script for one round; load it first if Redis lost it."""
+        keys = self.keys
+        names: list[Any] = [keys.generation, keys.rooms]
+        args: list[Any] = [self._retain, secrets.token_hex(8), len(by_room)]
+        says: list[Any] = []
+        for room, queued in by_room.items():
+            names += (keys.meta(room), keys.log(room), keys.cids(room))
+            args += (keys.room(room), room, len(queued))
+            for new, _ in queued:
+                head, tail = _frame_parts(room, new.nick, new.text, new.ts, new.cid)
+                says += (new.key, new.cid or "", head, tail)
+        command = (self.link.say.sha, len(names), *names, *args, *says)
+        client = self.link.client
+        try:
+            reply: list[Any] = await self.link.run(client.evalsha(*command))
+        except NoScriptError:
+            # The script did not run: safe to send it again once Redis has it.
+            await self.link.run(client.script_load(scripts.SAY))
+            reply = await self.link.run(client.evalsha(*command))
+        return reply
 
     async def find(self, room: str, key: str, cid: str) -> Message | None:
         client = self.link.client
