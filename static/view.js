@@ -898,7 +898,11 @@ export class View {
     el.reconnect.addEventListener('click', () => this.core.reconnectNow());
     window.addEventListener('hashchange', () => {
       const name = roomFromHash();
-      if (name && name !== this.current) this.openRoom(name);
+      if (!name || name === this.current) return;
+      // A link to a room (or the address bar) is a wish to talk there, as the join form is.
+      this.openRoom(name);
+      this.togglePanel(false);
+      this.el.text.focus();
     });
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible') {

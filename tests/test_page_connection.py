@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 import aiohttp
+import jwt
 import pytest
 from playwright.async_api import Browser, expect
 from playwright.async_api import Error as PlaywrightError
@@ -44,6 +45,10 @@ document.addEventListener('DOMContentLoaded', () => {
 """
 
 
+def issue_token(sub: str, secret: str) -> str:
+    return jwt.encode({"sub": sub}, secret, algorithm="HS256")
+
+
 async def active_id(page: ChatPage) -> str:
     result: str = await page.page.evaluate("document.activeElement && document.activeElement.id")
     return result
@@ -68,6 +73,43 @@ async def test_signed_out_until_welcome_and_focus_follows_sign_in_and_rooms(
     await expect(page.locator("#text")).to_be_focused()
     await page.get_by_role("button", name="Leave #dev").click()
     await expect(page.locator("#room-title")).to_have_text("#lobby")
+    await expect(page.locator("#text")).to_be_focused()
+    alice.assert_no_page_errors()
+
+
+async def test_focus_moves_to_the_message_box_after_a_token_sign_in(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Token mode: after pasting a token and pressing Enter, typing goes to the message."""
+    token_dir = tmp_path / "token-mode"
+    token_dir.mkdir()
+    secret = "browser-test-secret-of-32-bytes-at-least"
+    write_config(token_dir, {**CONFIG, "auth": {"secret": secret}})
+    server = start_server(token_dir)
+    servers.append(server)
+    dave = await ChatPage.open(browser, f"{server.url}/")
+    try:
+        await expect(dave.status).to_have_text("signed out")
+        await expect(dave.page.locator("#token")).to_be_focused()
+        await dave.page.locator("#token").fill(issue_token("dave", secret))
+        await dave.page.locator("#token").press("Enter")
+        await dave.joined("dave")
+        await expect(dave.page.locator("#text")).to_be_focused()
+        dave.assert_no_page_errors()
+    finally:
+        await dave.close()
+
+
+async def test_a_room_opened_from_the_address_takes_the_focus_to_the_message_box(
+    open_page: OpenPage,
+) -> None:
+    """`#room=...` (a link, the address bar): the room is shown and the message box focused."""
+    alice = await open_page()
+    await alice.sign_in("alice")
+    page = alice.page
+    await page.get_by_label("Join room").focus()
+    await page.evaluate("location.hash = '#room=dev'")
+    await expect(page.locator("#room-title")).to_have_text("#dev")
     await expect(page.locator("#text")).to_be_focused()
     alice.assert_no_page_errors()
 
