@@ -458,13 +458,25 @@ export class View {
     }
     const permission = typeof Notification === 'function' ? Notification.permission : 'denied';
     if (shouldNotify({ own, mention, hidden, optedIn: this.notifyOn(), permission })) {
-      const note = new Notification(`${m.nick} in #${room.name}`, { body: String(m.text), tag: `chat-${room.name}` });
-      note.addEventListener('click', () => {
-        window.focus();
-        if (this.shown.has(room.name)) this.showRoom(room.name);
-        note.close();
-      });
+      this.notify(room, m);
     }
+  }
+
+  notify(room, m) {
+    let note;
+    try {
+      note = new Notification(`${m.nick} in #${room.name}`, { body: String(m.text), tag: `chat-${room.name}` });
+    } catch {
+      // Android Chrome grants the permission yet refuses the constructor (only a service
+      // worker may notify there, and the page has none): the alert is skipped, and the
+      // message, its mark and the title count stand as they are.
+      return;
+    }
+    note.addEventListener('click', () => {
+      window.focus();
+      if (this.shown.has(room.name)) this.showRoom(room.name);
+      note.close();
+    });
   }
 
   // Phones: the rooms and members panel, folded away unless asked for.

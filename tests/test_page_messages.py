@@ -127,6 +127,45 @@ async def test_mentions_are_marked_counted_in_the_title_and_notified_when_hidden
         chat.assert_no_page_errors()
 
 
+# Android Chrome: the permission is granted, the constructor throws all the same.
+_REFUSING_NOTIFICATION: Final = """
+window.__tried = 0;
+window.Notification = class {
+  constructor() {
+    window.__tried += 1;
+    throw new TypeError("Failed to construct 'Notification': Illegal constructor.");
+  }
+  static get permission() { return 'granted'; }
+  static requestPermission() { return Promise.resolve('granted'); }
+};
+localStorage.setItem('chat.notify', 'on');
+"""
+
+
+async def test_a_browser_that_refuses_to_notify_still_shows_the_mention(
+    open_page: OpenPage,
+) -> None:
+    """`new Notification` throwing (Android Chrome) is swallowed: no page error, all else stands."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await alice.page.add_init_script(_FAKE_ATTENTION)
+    await alice.page.add_init_script(_REFUSING_NOTIFICATION)
+    await alice.page.reload()
+    await asyncio.gather(alice.sign_in("alice"), bob.sign_in("bob"))
+    page = alice.page
+    await expect(page.locator("#notify")).to_have_text("Mention alerts: on")
+    await set_visibility(alice, "hidden")
+    await bob.say("alice, one")
+    await bob.say("alice, two")
+    await alice.see("alice, two")
+    assert await page.evaluate("window.__tried") == 2
+    await expect(page).to_have_title(f"(2, @2) #lobby {DASH} Chat")
+    await expect(alice.message("alice, one").locator("mark.mention")).to_have_text("alice")
+    # The page logs a frame handler that threw: none did.
+    assert alice.console_errors == []
+    for chat in (alice, bob):
+        chat.assert_no_page_errors()
+
+
 async def test_grouped_messages_day_dividers_and_full_dates(browser: Browser) -> None:
     """One person's run shares a header; days are divided; older messages show their date."""
     day = 86_400_000
