@@ -7,7 +7,9 @@
 // - no inline styles (the Content-Security-Policy forbids them).
 
 import { counts, shouldNotify, tabTitle } from './core/attention.js';
-import { dayLabel, placement, timeLabel, wantsOlder } from './core/layout.js';
+import {
+  dayChanged, dayLabel, placement, timeLabel, untilMidnight, wantsOlder,
+} from './core/layout.js';
 import { NICK_RE, codePoints, sameNick } from './core/nick.js';
 import { neighbourRoom, presenceLine } from './core/room.js';
 import { mentionsMe, pieces } from './core/text.js';
@@ -106,6 +108,9 @@ export class View {
     this.lines = new WeakMap();   // outbox entry -> its pending <li>
     // The person just asked to sign in: once welcomed, their next act is writing.
     this.focusOnWelcome = false;
+    // When the day dividers and stamps were last all written ("Today" is relative to it).
+    this.labelledAt = Date.now();
+    this.midnightTimer = null;
   }
 
   describe(f) { return this.words[f.code] || f.message || `Error: ${f.code}`; }
@@ -618,6 +623,30 @@ export class View {
     }
   }
 
+  // "Today", "Yesterday" and time-only stamps go stale at midnight in a tab left open:
+  // rewritten when the local day has changed since they were (checked at the next
+  // midnight and whenever the tab is shown again: a sleeping laptop fires no timer on
+  // time, and a hidden tab's timers are throttled).
+  refreshDays(now = Date.now()) {
+    if (dayChanged(this.labelledAt, now)) {
+      this.labelledAt = now;
+      for (const view of this.shown.values()) {
+        for (const li of view.list.querySelectorAll(':scope > li.message')) {
+          const time = li.querySelector(':scope > time');
+          if (time) time.textContent = timeLabel(Number(li.dataset.ts), now);
+          this.decorate(li);
+        }
+      }
+    }
+    this.armMidnight(now);
+  }
+
+  armMidnight(now) {
+    clearTimeout(this.midnightTimer);
+    // A second late: a timer may fire a little early, and then the day has not changed.
+    this.midnightTimer = setTimeout(() => this.refreshDays(), untilMidnight(now) + 1000);
+  }
+
   messageElement(nick, text, ts) {
     const li = document.createElement('li');
     li.className = 'message';
@@ -920,6 +949,7 @@ export class View {
       if (document.visibilityState === 'visible') {
         this.core.wake();
         this.seen();
+        this.refreshDays();
       }
     });
     el.notify.addEventListener('click', () => this.toggleNotify());
@@ -947,6 +977,7 @@ export class View {
   start() {
     this.bind();
     this.renderNotify();
+    this.armMidnight(Date.now());
     if (this.tokenMode) {
       const linked = tokenFromHash();
       if (linked) tabToken(linked);
