@@ -19,14 +19,18 @@ from tests.browser import (
     CONFIG,
     CONNECTED,
     ChatPage,
+    Frame,
     OpenPage,
     browser_fixture,  # noqa: F401 (fixtures, found by pytest under their names)
     open_page_fixture,  # noqa: F401
+    scripted_page_server,
     server_fixture,  # noqa: F401
     servers_fixture,  # noqa: F401
     start_server,
+    welcome_for,
 )
 from tests.conftest import Peer
+from tests.helpers import until
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -228,3 +232,56 @@ async def test_a_message_queued_while_down_survives_a_reload_and_arrives_once(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_a_stored_message_whose_ack_was_lost_is_shown_once_after_a_reload(
+    browser: Browser,
+) -> None:
+    """Stored, but neither ack nor echo came back; reloaded: the replay settles it, once."""
+    stored: dict[str, Frame] = {}  # cid -> the message as stored
+    says: list[Frame] = []
+
+    async def answer(frame: Frame) -> list[Frame]:
+        kind = frame["type"]
+        if kind == "hello":
+            return [welcome_for(frame["nick"])]
+        if kind == "join":
+            return [{"type": "joined", "room": frame["room"], "epoch": "e1",
+                     "members": ["alice"], "messages": list(stored.values()),
+                     "complete": True}]  # fmt: skip
+        if kind == "say":
+            says.append(frame)
+            first = frame["cid"] not in stored
+            message = stored.setdefault(frame["cid"], {
+                "type": "message", "room": frame["room"], "id": len(stored) + 1,
+                "nick": "alice", "text": frame["text"], "ts": int(time.time() * 1000),
+                "cid": frame["cid"],
+            })  # fmt: skip
+            if first:
+                return []  # stored; the connection "drops" before ack and echo leave
+            # A repeated cid: the original's ack, nothing stored again (the contract).
+            return [{"type": "ack", "cid": frame["cid"], "room": frame["room"],
+                     "id": message["id"], "ts": message["ts"]}]  # fmt: skip
+        return []
+
+    async with scripted_page_server(answer) as url:
+        alice = await ChatPage.open(browser, url)
+        try:
+            await alice.sign_in("alice")
+            await alice.type_message("stored but unacknowledged")
+            await expect(alice.pending).to_have_count(1)
+            await until(lambda: len(stored) == 1)
+            await alice.page.reload()  # asks first (something is pending), then reloads
+            assert [d.split(":")[0] for d in alice.dialogs] == ["beforeunload"]
+            alice.dialogs.clear()
+            await alice.joined("alice")
+            await alice.see("stored but unacknowledged")
+            await expect(alice.pending).to_have_count(0)
+            await expect(alice.messages).to_have_count(1)
+            assert await alice.page.evaluate("sessionStorage.getItem('chat.outbox')") is None
+            assert len(stored) == 1
+            assert {say["cid"] for say in says} == set(stored)  # never under a new cid
+            alice.assert_no_page_errors()
+        finally:
+            await alice.close()
+
