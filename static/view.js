@@ -7,7 +7,9 @@
 // - no inline styles (the Content-Security-Policy forbids them).
 
 import { counts, shouldNotify, tabTitle } from './core/attention.js';
-import { dayLabel, placement, timeLabel, wantsOlder } from './core/layout.js';
+import {
+  dayChanged, dayLabel, placement, timeLabel, untilMidnight, wantsOlder,
+} from './core/layout.js';
 import { NICK_RE, codePoints, sameNick } from './core/nick.js';
 import { neighbourRoom, presenceLine } from './core/room.js';
 import { mentionsMe, pieces } from './core/text.js';
@@ -106,6 +108,9 @@ export class View {
     this.lines = new WeakMap();   // outbox entry -> its pending <li>
     // The person just asked to sign in: once welcomed, their next act is writing.
     this.focusOnWelcome = false;
+    // When the day dividers and stamps were last all written ("Today" is relative to it).
+    this.labelledAt = Date.now();
+    this.midnightTimer = null;
   }
 
   describe(f) { return this.words[f.code] || f.message || `Error: ${f.code}`; }
@@ -458,13 +463,25 @@ export class View {
     }
     const permission = typeof Notification === 'function' ? Notification.permission : 'denied';
     if (shouldNotify({ own, mention, hidden, optedIn: this.notifyOn(), permission })) {
-      const note = new Notification(`${m.nick} in #${room.name}`, { body: String(m.text), tag: `chat-${room.name}` });
-      note.addEventListener('click', () => {
-        window.focus();
-        if (this.shown.has(room.name)) this.showRoom(room.name);
-        note.close();
-      });
+      this.notify(room, m);
     }
+  }
+
+  notify(room, m) {
+    let note;
+    try {
+      note = new Notification(`${m.nick} in #${room.name}`, { body: String(m.text), tag: `chat-${room.name}` });
+    } catch {
+      // Android Chrome grants the permission yet refuses the constructor (only a service
+      // worker may notify there, and the page has none): the alert is skipped, and the
+      // message, its mark and the title count stand as they are.
+      return;
+    }
+    note.addEventListener('click', () => {
+      window.focus();
+      if (this.shown.has(room.name)) this.showRoom(room.name);
+      note.close();
+    });
   }
 
   // Phones: the rooms and members panel, folded away unless asked for.
@@ -604,6 +621,30 @@ export class View {
     } else {
       day?.remove();
     }
+  }
+
+  // "Today", "Yesterday" and time-only stamps go stale at midnight in a tab left open:
+  // rewritten when the local day has changed since they were (checked at the next
+  // midnight and whenever the tab is shown again: a sleeping laptop fires no timer on
+  // time, and a hidden tab's timers are throttled).
+  refreshDays(now = Date.now()) {
+    if (dayChanged(this.labelledAt, now)) {
+      this.labelledAt = now;
+      for (const view of this.shown.values()) {
+        for (const li of view.list.querySelectorAll(':scope > li.message')) {
+          const time = li.querySelector(':scope > time');
+          if (time) time.textContent = timeLabel(Number(li.dataset.ts), now);
+          this.decorate(li);
+        }
+      }
+    }
+    this.armMidnight(now);
+  }
+
+  armMidnight(now) {
+    clearTimeout(this.midnightTimer);
+    // A second late: a timer may fire a little early, and then the day has not changed.
+    this.midnightTimer = setTimeout(() => this.refreshDays(), untilMidnight(now) + 1000);
   }
 
   messageElement(nick, text, ts) {
@@ -898,12 +939,17 @@ export class View {
     el.reconnect.addEventListener('click', () => this.core.reconnectNow());
     window.addEventListener('hashchange', () => {
       const name = roomFromHash();
-      if (name && name !== this.current) this.openRoom(name);
+      if (!name || name === this.current) return;
+      // A link to a room (or the address bar) is a wish to talk there, as the join form is.
+      this.openRoom(name);
+      this.togglePanel(false);
+      this.el.text.focus();
     });
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible') {
         this.core.wake();
         this.seen();
+        this.refreshDays();
       }
     });
     el.notify.addEventListener('click', () => this.toggleNotify());
@@ -931,6 +977,7 @@ export class View {
   start() {
     this.bind();
     this.renderNotify();
+    this.armMidnight(Date.now());
     if (this.tokenMode) {
       const linked = tokenFromHash();
       if (linked) tabToken(linked);

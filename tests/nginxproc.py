@@ -67,9 +67,9 @@ http {{
 
     server {{
         listen 127.0.0.1:{port};
-
-        location / {{
-            proxy_pass http://chat;
+{redirect}
+        location {prefix} {{
+            proxy_pass http://chat{strip};
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -97,16 +97,28 @@ def render(
     *,
     idle_timeout: float = 60,
     connect_timeout: float = 0.5,
+    prefix: str = "/",
 ) -> str:
-    """nginx.conf for `port`, balancing over 127.0.0.1:`upstreams`, files in `directory`."""
+    """nginx.conf for `port`, balancing over 127.0.0.1:`upstreams`, files in `directory`.
+
+    A `prefix` other than "/" (e.g. "/chat/") serves the app under it as
+    docs/client-page.md shows: the prefix stripped on the way in, and the prefix
+    without its slash redirected to it.
+    """
+    assert prefix.startswith("/") and prefix.endswith("/"), prefix
     servers = "\n".join(
         f"        server 127.0.0.1:{upstream} max_fails=1 fail_timeout=2s;"
         for upstream in upstreams
     )
+    prefixed = prefix != "/"
+    redirect = f"        location = {prefix[:-1]} {{ return 301 {prefix}; }}\n" if prefixed else ""
     return CONF.format(
         dir=directory,
         port=port,
         servers=servers,
+        prefix=prefix,
+        redirect=redirect,
+        strip="/" if prefixed else "",  # proxy_pass with a URI replaces the prefix by it
         idle_timeout=round(idle_timeout * 1000),
         connect_timeout=round(connect_timeout * 1000),
     )
@@ -126,6 +138,7 @@ class Nginx:
         *,
         idle_timeout: float = 60,
         port: int | None = None,
+        prefix: str = "/",
     ) -> None:
         binary = shutil.which("nginx") or next(
             (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(path).exists()),
@@ -137,6 +150,7 @@ class Nginx:
         self.port = port or free_port()
         self.upstreams = list(upstreams)
         self.idle_timeout = idle_timeout
+        self.prefix = prefix
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -175,7 +189,10 @@ class Nginx:
     def start(self) -> None:
         (self.directory / "tmp").mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
-            render(self.directory, self.port, self.upstreams, idle_timeout=self.idle_timeout),
+            render(
+                self.directory, self.port, self.upstreams, idle_timeout=self.idle_timeout,
+                prefix=self.prefix,
+            ),
             encoding="utf-8",
         )
         check = subprocess.run(

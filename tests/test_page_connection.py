@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final
 
 import aiohttp
+import jwt
 import pytest
 from playwright.async_api import Browser, expect
 from playwright.async_api import Error as PlaywrightError
@@ -19,14 +20,18 @@ from tests.browser import (
     CONFIG,
     CONNECTED,
     ChatPage,
+    Frame,
     OpenPage,
     browser_fixture,  # noqa: F401 (fixtures, found by pytest under their names)
     open_page_fixture,  # noqa: F401
+    scripted_page_server,
     server_fixture,  # noqa: F401
     servers_fixture,  # noqa: F401
     start_server,
+    welcome_for,
 )
 from tests.conftest import Peer
+from tests.helpers import until
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -43,6 +48,10 @@ document.addEventListener('DOMContentLoaded', () => {
     .observe(s, { subtree: true, childList: true, characterData: true });
 });
 """
+
+
+def issue_token(sub: str, secret: str) -> str:
+    return jwt.encode({"sub": sub}, secret, algorithm="HS256")
 
 
 async def active_id(page: ChatPage) -> str:
@@ -69,6 +78,43 @@ async def test_signed_out_until_welcome_and_focus_follows_sign_in_and_rooms(
     await expect(page.locator("#text")).to_be_focused()
     await page.get_by_role("button", name="Leave #dev").click()
     await expect(page.locator("#room-title")).to_have_text("#lobby")
+    await expect(page.locator("#text")).to_be_focused()
+    alice.assert_no_page_errors()
+
+
+async def test_focus_moves_to_the_message_box_after_a_token_sign_in(
+    browser: Browser, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Token mode: after pasting a token and pressing Enter, typing goes to the message."""
+    token_dir = tmp_path / "token-mode"
+    token_dir.mkdir()
+    secret = "browser-test-secret-of-32-bytes-at-least"
+    write_config(token_dir, {**CONFIG, "auth": {"secret": secret}})
+    server = start_server(token_dir)
+    servers.append(server)
+    dave = await ChatPage.open(browser, f"{server.url}/")
+    try:
+        await expect(dave.status).to_have_text("signed out")
+        await expect(dave.page.locator("#token")).to_be_focused()
+        await dave.page.locator("#token").fill(issue_token("dave", secret))
+        await dave.page.locator("#token").press("Enter")
+        await dave.joined("dave")
+        await expect(dave.page.locator("#text")).to_be_focused()
+        dave.assert_no_page_errors()
+    finally:
+        await dave.close()
+
+
+async def test_a_room_opened_from_the_address_takes_the_focus_to_the_message_box(
+    open_page: OpenPage,
+) -> None:
+    """`#room=...` (a link, the address bar): the room is shown and the message box focused."""
+    alice = await open_page()
+    await alice.sign_in("alice")
+    page = alice.page
+    await page.get_by_label("Join room").focus()
+    await page.evaluate("location.hash = '#room=dev'")
+    await expect(page.locator("#room-title")).to_have_text("#dev")
     await expect(page.locator("#text")).to_be_focused()
     alice.assert_no_page_errors()
 
@@ -240,3 +286,55 @@ async def test_twenty_rooms_rejoined_within_a_real_join_rate_after_a_restart(
         alice.assert_no_page_errors()
     finally:
         await alice.close()
+
+
+async def test_a_stored_message_whose_ack_was_lost_is_shown_once_after_a_reload(
+    browser: Browser,
+) -> None:
+    """Stored, but neither ack nor echo came back; reloaded: the replay settles it, once."""
+    stored: dict[str, Frame] = {}  # cid -> the message as stored
+    says: list[Frame] = []
+
+    async def answer(frame: Frame) -> list[Frame]:
+        kind = frame["type"]
+        if kind == "hello":
+            return [welcome_for(frame["nick"])]
+        if kind == "join":
+            return [{"type": "joined", "room": frame["room"], "epoch": "e1",
+                     "members": ["alice"], "messages": list(stored.values()),
+                     "complete": True}]  # fmt: skip
+        if kind == "say":
+            says.append(frame)
+            first = frame["cid"] not in stored
+            message = stored.setdefault(frame["cid"], {
+                "type": "message", "room": frame["room"], "id": len(stored) + 1,
+                "nick": "alice", "text": frame["text"], "ts": int(time.time() * 1000),
+                "cid": frame["cid"],
+            })  # fmt: skip
+            if first:
+                return []  # stored; the connection "drops" before ack and echo leave
+            # A repeated cid: the original's ack, nothing stored again (the contract).
+            return [{"type": "ack", "cid": frame["cid"], "room": frame["room"],
+                     "id": message["id"], "ts": message["ts"]}]  # fmt: skip
+        return []
+
+    async with scripted_page_server(answer) as url:
+        alice = await ChatPage.open(browser, url)
+        try:
+            await alice.sign_in("alice")
+            await alice.type_message("stored but unacknowledged")
+            await expect(alice.pending).to_have_count(1)
+            await until(lambda: len(stored) == 1)
+            await alice.page.reload()  # asks first (something is pending), then reloads
+            assert [d.split(":")[0] for d in alice.dialogs] == ["beforeunload"]
+            alice.dialogs.clear()
+            await alice.joined("alice")
+            await alice.see("stored but unacknowledged")
+            await expect(alice.pending).to_have_count(0)
+            await expect(alice.messages).to_have_count(1)
+            assert await alice.page.evaluate("sessionStorage.getItem('chat.outbox')") is None
+            assert len(stored) == 1
+            assert {say["cid"] for say in says} == set(stored)  # never under a new cid
+            alice.assert_no_page_errors()
+        finally:
+            await alice.close()

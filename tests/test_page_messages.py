@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -127,6 +128,45 @@ async def test_mentions_are_marked_counted_in_the_title_and_notified_when_hidden
         chat.assert_no_page_errors()
 
 
+# Android Chrome: the permission is granted, the constructor throws all the same.
+_REFUSING_NOTIFICATION: Final = """
+window.__tried = 0;
+window.Notification = class {
+  constructor() {
+    window.__tried += 1;
+    throw new TypeError("Failed to construct 'Notification': Illegal constructor.");
+  }
+  static get permission() { return 'granted'; }
+  static requestPermission() { return Promise.resolve('granted'); }
+};
+localStorage.setItem('chat.notify', 'on');
+"""
+
+
+async def test_a_browser_that_refuses_to_notify_still_shows_the_mention(
+    open_page: OpenPage,
+) -> None:
+    """`new Notification` throwing (Android Chrome) is swallowed: no page error, all else stands."""
+    alice, bob = await asyncio.gather(open_page(), open_page())
+    await alice.page.add_init_script(_FAKE_ATTENTION)
+    await alice.page.add_init_script(_REFUSING_NOTIFICATION)
+    await alice.page.reload()
+    await asyncio.gather(alice.sign_in("alice"), bob.sign_in("bob"))
+    page = alice.page
+    await expect(page.locator("#notify")).to_have_text("Mention alerts: on")
+    await set_visibility(alice, "hidden")
+    await bob.say("alice, one")
+    await bob.say("alice, two")
+    await alice.see("alice, two")
+    assert await page.evaluate("window.__tried") == 2
+    await expect(page).to_have_title(f"(2, @2) #lobby {DASH} Chat")
+    await expect(alice.message("alice, one").locator("mark.mention")).to_have_text("alice")
+    # The page logs a frame handler that threw: none did.
+    assert alice.console_errors == []
+    for chat in (alice, bob):
+        chat.assert_no_page_errors()
+
+
 async def test_grouped_messages_day_dividers_and_full_dates(browser: Browser) -> None:
     """One person's run shares a header; days are divided; older messages show their date."""
     day = 86_400_000
@@ -174,6 +214,45 @@ async def test_grouped_messages_day_dividers_and_full_dates(browser: Browser) ->
             await expect(lines.nth(4).locator("time")).to_have_text("00:01")
             # A grouped line keeps its nick for screen readers.
             await expect(lines.nth(1).get_by_text("bob", exact=True)).to_have_count(1)
+            alice.assert_no_page_errors()
+        finally:
+            await alice.close()
+
+
+async def test_a_tab_left_open_past_midnight_rewrites_its_days(browser: Browser) -> None:
+    """At the next midnight, and when shown again days later, "Today" and bare times go stale."""
+    evening = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)  # a Monday; the context is in UTC
+    stamp = int(evening.timestamp() * 1000) - 60_000  # 23:58
+    message = {"type": "message", "room": "lobby", "id": 1, "nick": "bob", "text": "late",
+               "ts": stamp, "cid": None}  # fmt: skip
+
+    async def answer(frame: dict[str, Any]) -> list[dict[str, Any]]:
+        if frame["type"] == "hello":
+            return [welcome_for(frame["nick"])]
+        if frame["type"] == "join":
+            return [{"type": "joined", "room": "lobby", "epoch": "e1", "members": ["alice", "bob"],
+                     "messages": [message], "complete": True}]  # fmt: skip
+        return []
+
+    async with scripted_page_server(answer) as url:
+        alice = await ChatPage.open(browser, url)
+        try:
+            # Page time starts at 23:59 and flows on; timers run on the page's clock.
+            await alice.page.clock.install(time=evening)
+            await alice.page.reload()
+            await alice.sign_in("alice")
+            line = alice.message("late")
+            await expect(line.locator(".day")).to_have_text("Today")
+            await expect(line.locator("time")).to_have_text("23:58")
+
+            await alice.page.clock.fast_forward("01:05")  # past midnight: its timer fires
+            await expect(line.locator(".day")).to_have_text("Yesterday")
+            await expect(line.locator("time")).to_have_text("30 Nov 2026, 23:58")
+
+            # Days later, no timer due (a laptop asleep): shown again, the tab catches up.
+            await alice.page.clock.set_system_time(evening + timedelta(days=3))
+            await alice.page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+            await expect(line.locator(".day")).to_have_text("Monday, 30 November 2026")
             alice.assert_no_page_errors()
         finally:
             await alice.close()

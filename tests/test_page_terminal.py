@@ -13,6 +13,7 @@ from typing import Final
 import pytest_asyncio
 
 from chat.client.__main__ import connect_failure
+from tests.browser import Frame, scripted_page_server, welcome_for
 from tests.redisproc import free_port
 from tests.serverproc import ServerProcess, server_env, write_config
 
@@ -178,3 +179,106 @@ async def test_a_restart_is_three_clear_lines_and_logs_only_with_verbose(
     assert count(quiet.lines, "refused the connection") == 1
     assert quiet.stderr == ""
     assert " INFO chat.client: connected as bob" in loud.stderr, loud.stderr
+
+
+async def test_a_frozen_server_is_one_not_responding_line(
+    terminal: StartTerminal, tmp_path: Path
+) -> None:
+    """SIGSTOP: one "not responding" line (not a second for the reconnect), then back."""
+    write_config(tmp_path, FAST)
+    with ServerProcess("--config", str(tmp_path / "config.yaml")) as server:
+        term = await terminal("--url", server.ws_url, "--nick", "alice")
+        await term.until(lambda lines: count(lines, "* connected as alice") == 1)
+        server.send_signal(signal.SIGSTOP)
+        try:
+            # The heartbeat timeout is 1 s: the watchdog gives up soon after.
+            await term.until(lambda lines: count(lines, "not responding") >= 1)
+        finally:
+            server.send_signal(signal.SIGCONT)
+        await term.until(lambda lines: count(lines, "* connected as alice") == 2)
+        assert await term.finish() == 0
+    assert count(term.lines, "not responding") == 1, term.lines
+    assert "* the server is not responding; reconnecting" in term.lines
+    assert term.stderr == ""
+
+
+def _joined(room: str, *messages: Frame) -> Frame:
+    return {
+        "type": "joined", "room": room, "epoch": "e1", "members": ["alice"],
+        "messages": list(messages), "complete": True,
+    }  # fmt: skip
+
+
+def _unavailable(ref: str) -> Frame:
+    return {
+        "type": "error", "code": "unavailable", "message": "the server cannot reach Redis",
+        "ref": ref, "retry_after": 0.1,
+    }  # fmt: skip
+
+
+async def test_a_store_outage_is_told_once_until_a_say_is_stored(
+    terminal: StartTerminal,
+) -> None:
+    """`unavailable` answered again and again is one line; after an ack it is news again."""
+    refusals = {"first": 3, "second": 2}  # how often each text is answered `unavailable`
+    stored: list[str] = []
+
+    async def answer(frame: Frame) -> list[Frame]:
+        kind = frame["type"]
+        if kind == "hello":
+            return [welcome_for(frame["nick"])]
+        if kind == "join":
+            return [_joined(frame["room"])]
+        if kind == "say":
+            text = frame["text"]
+            if refusals.get(text, 0) > 0:
+                refusals[text] -= 1
+                return [_unavailable(frame["cid"])]
+            stored.append(text)
+            return [
+                {"type": "ack", "cid": frame["cid"], "room": frame["room"],
+                 "id": len(stored), "ts": 1},
+                {"type": "message", "room": frame["room"], "id": len(stored), "nick": "alice",
+                 "text": text, "ts": 1, "cid": frame["cid"]},
+            ]  # fmt: skip
+        return []
+
+    async with scripted_page_server(answer) as url:
+        term = await terminal("--url", url.replace("http", "ws", 1) + "ws", "--nick", "alice")
+        await term.until(lambda lines: count(lines, "* in #lobby") == 1)
+        assert term.proc.stdin is not None
+        for text in ("first", "second"):
+            term.proc.stdin.write(f"{text}\n".encode())
+            await term.proc.stdin.drain()
+            await term.until(lambda lines, text=text: count(lines, f"alice: {text}") == 1)
+        assert await term.finish() == 0
+    assert stored == ["first", "second"]
+    told = [line for line in term.lines if "unavailable" in line]
+    assert told == ["* server unavailable, retrying in 0.1s"] * 2, term.lines
+    assert term.stderr == ""
+
+
+async def test_a_malformed_frame_is_no_error_on_the_terminal(terminal: StartTerminal) -> None:
+    """A frame off the contract: nothing on stderr; with --verbose one warning, no traceback."""
+
+    async def answer(frame: Frame) -> list[Frame]:
+        if frame["type"] == "hello":
+            return [welcome_for(frame["nick"])]
+        if frame["type"] == "join":
+            unstamped = {"type": "message", "room": "lobby", "id": 1, "nick": "bob", "text": "hi"}
+            fine = {**unstamped, "id": 2, "text": "still here", "ts": 1}
+            # A second `welcome` without its session, then a message without its time.
+            return [_joined(frame["room"]), {"type": "welcome"}, unstamped, fine]
+        return []
+
+    async with scripted_page_server(answer) as url:
+        ws_url = url.replace("http", "ws", 1) + "ws"
+        quiet = await terminal("--url", ws_url, "--nick", "alice")
+        loud = await terminal("--url", ws_url, "--nick", "carol", "--verbose")
+        for term in (quiet, loud):
+            await term.until(lambda lines: count(lines, "bob: still here") == 1)
+            assert await term.finish() == 0
+            assert count(term.lines, "bob: hi") == 1, term.lines
+    assert quiet.stderr == ""
+    assert "WARNING chat.client: ignoring a malformed 'welcome' frame" in loud.stderr, loud.stderr
+    assert "Traceback" not in loud.stderr

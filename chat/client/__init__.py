@@ -437,9 +437,14 @@ class ChatClient:
                     continue
                 try:
                     self._on_frame(link, frame)
-                except (KeyError, TypeError, ValueError):
-                    # A frame off the contract is the server's bug; the next one may be fine.
-                    logger.exception("ignoring a malformed %.40r frame", frame.get("type"))
+                except (KeyError, TypeError, ValueError) as err:
+                    # A frame off the contract is the server's bug, not ours: a warning
+                    # without traceback (the terminal shows it only with --verbose); the
+                    # next frame may be fine.
+                    logger.warning(
+                        "ignoring a malformed %.40r frame (%s: %s)",
+                        frame.get("type"), type(err).__name__, err,
+                    )
                 if link.end is not None:
                     return
             elif msg.type is WSMsgType.CLOSE:

@@ -23,6 +23,7 @@ from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from chat.client import ChatClient, ChatError, Event
+from chat.protocol import Close, ErrorCode
 
 ACK_WAIT: Final = 10.0  # s to wait at end of input for says still unacknowledged
 EXIT_CLOSED: Final = 1  # the server closed the session for good
@@ -88,24 +89,33 @@ def connect_failure(reason: str, url: str) -> str:
     return f"cannot reach {where}: {detail}"
 
 
+NOT_RESPONDING: Final = "the server is not responding"
+
+# The client's own reason for a connection its watchdog ended (chat.client `_watch`):
+# the `not_responding` status before it has said so already, in the same words.
+_WATCHDOG_REASON: Final = "server not responding"
+
+
 def _end_reason(reason: str, code: object, url: str) -> str:
     """Why a connection ended, in words."""
     if reason.startswith("cannot connect"):
         return connect_failure(reason, url)
-    if code == 1001:
+    if reason == _WATCHDOG_REASON:
+        return NOT_RESPONDING
+    if code == Close.GOING_AWAY:
         return "the server is restarting"
-    if code == 4000:
+    if code == Close.HEARTBEAT_TIMEOUT:
         return "the server timed the connection out"
-    if code == 4001:
+    if code == Close.SLOW_CONSUMER:
         return "the server dropped a connection that read too slowly"
     return reason
 
 
 _HELLO_REFUSED: Final = re.compile(r"^hello refused: (?P<code>[a-z_]+): (?P<message>.*)$")
-_HELLO_ADVICE: Final = {
-    "nick_taken": "choose another with --nick",
-    "nick_invalid": "use 1 to 32 letters, digits, '_', '-' or '.'",
-    "unauthorized": "check --token",
+_HELLO_ADVICE: Final[dict[str, str]] = {
+    ErrorCode.NICK_TAKEN: "choose another with --nick",
+    ErrorCode.NICK_INVALID: "use 1 to 32 letters, digits, '_', '-' or '.'",
+    ErrorCode.UNAUTHORIZED: "check --token",
 }
 
 
@@ -120,13 +130,20 @@ class Printer:
 
     It remembers what it last said about the connection, so that a reconnect loop
     failing the same way (the server down for minutes) is one line, not one per
-    attempt, and the next line is the one that says it is back.
+    attempt, and the next line is the one that says it is back. The same holds for a
+    server that cannot reach its store: said once, again only after it recovered (an
+    ack) or the connection was replaced.
     """
 
     def __init__(self, room: str, url: str) -> None:
         self.room = room
         self.url = url
         self.trouble: str | None = None  # what was last said about a broken connection
+        self.unavailable = False  # "server unavailable" said, and no ack since
+
+    def acked(self) -> None:
+        """A say was stored: the store is reachable again."""
+        self.unavailable = False
 
     def line(self, event: Event) -> str | None:
         """The line printed for an event, or None when it is not shown."""
@@ -135,12 +152,19 @@ class Printer:
         state = event.get("state")
         if state == "connected":
             self.trouble = None
+            self.unavailable = False
             how = "session resumed" if event.get("resumed") else "new session"
             return f"* connected as {event.get('nick')} ({how})"
+        if state == "unavailable":
+            if self.unavailable:
+                return None  # the same trouble, retried: said already
+            self.unavailable = True
+            return f"* server unavailable, retrying in {event.get('retry_after', 0):g}s"
         if state == "not_responding":
-            self.trouble = "the server is not responding"
+            self.trouble = NOT_RESPONDING
             return f"* {self.trouble}; reconnecting"
         if state == "reconnecting":
+            self.unavailable = False
             why = _end_reason(str(event.get("reason", "")), event.get("code"), self.url)
             if self.trouble is not None and (why == self.trouble or why == "connection lost"):
                 return None  # said already; the next line is the one that says it is back
@@ -159,8 +183,11 @@ def render(event: Event, room: str) -> str | None:
     """The line printed for an event, or None when it is not shown."""
     kind = event.get("type")
     if kind == "message" and event.get("room") == room:
-        clock = time.strftime("%H:%M:%S", time.localtime(event["ts"] / 1000))
-        return f"[{clock}] {event['nick']}: {event['text']}"
+        # Read with care: a message off the contract must not end the terminal.
+        ts = event.get("ts")
+        stamp = ts / 1000 if isinstance(ts, int | float) and not isinstance(ts, bool) else None
+        clock = time.strftime("%H:%M:%S", time.localtime(stamp))
+        return f"[{clock}] {event.get('nick', '?')}: {event.get('text', '')}"
     if kind == "presence" and event.get("room") == room:
         if event.get("event") == "join":
             return f"* {event['nick']} joined"
@@ -215,11 +242,13 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None
     put(None)
 
 
-async def _say(client: ChatClient, room: str, text: str) -> None:
+async def _say(client: ChatClient, printer: Printer, room: str, text: str) -> None:
     try:
         await client.say(room, text)
     except ChatError as err:
         _out(f"! not sent: {err}")
+    else:
+        printer.acked()
 
 
 async def _unless(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
@@ -257,7 +286,8 @@ async def run(args: argparse.Namespace) -> int:
         # server ending the session.
         return EXIT_CLOSED if client.closed and not signalled else 0
 
-    shown = asyncio.create_task(_show(client, Printer(args.room, args.url)), name="show")
+    printer = Printer(args.room, args.url)
+    shown = asyncio.create_task(_show(client, printer), name="show")
     shown.add_done_callback(lambda _: stop.set())
     says: set[asyncio.Task[None]] = set()
     try:
@@ -276,7 +306,7 @@ async def run(args: argparse.Namespace) -> int:
         while (line := await _unless(stop, lines.get())) is not None:
             text = line.rstrip("\r\n")
             if text.strip():
-                task = asyncio.create_task(_say(client, args.room, text))
+                task = asyncio.create_task(_say(client, printer, args.room, text))
                 says.add(task)
                 task.add_done_callback(says.discard)
         if stop.is_set():

@@ -51,6 +51,26 @@ export function timeLabel(ts, now, locale = undefined) {
   return `${d.toLocaleDateString(locale, { day: 'numeric', month: 'short', year: 'numeric' })}, ${time}`;
 }
 
+/**
+ * Whether the local day has changed since the labels were last written at `since`:
+ * then "Today" and time-only stamps are stale (a tab left open past midnight, or woken
+ * from sleep on another day). A clock set back across midnight counts too.
+ */
+export function dayChanged(since, now) {
+  return !sameDay(since, now);
+}
+
+/**
+ * ms from `now` until the next local midnight (never 0: at midnight exactly, the one
+ * after). Computed from the calendar, not as 24 h, so a day of 23 or 25 hours (a change
+ * to or from summer time) ends where the wall clock says.
+ */
+export function untilMidnight(now) {
+  const next = new Date(now);
+  next.setHours(24, 0, 0, 0);
+  return next.getTime() - now;
+}
+
 /** px from the top of the log within which the next older page is asked for. */
 export const OLDER_MARGIN = 200;
 

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { GROUP_GAP, dayLabel, placement, sameDay, timeLabel } from '../../static/core/layout.js';
+import {
+  GROUP_GAP, dayChanged, dayLabel, placement, sameDay, timeLabel, untilMidnight,
+} from '../../static/core/layout.js';
 
 const at = (y, mo, d, h = 12, mi = 0) => new Date(y, mo - 1, d, h, mi).getTime();
 
@@ -44,4 +46,25 @@ test('older messages are wanted near the top of a log that scrolls', async () =>
   assert.equal(wantsOlder({ scrollTop: 900, scrollHeight: 5000, clientHeight: 600 }), false);
   assert.equal(wantsOlder({ scrollTop: 0, scrollHeight: 600, clientHeight: 600 }), false, 'nothing to scroll');
   assert.equal(wantsOlder({ scrollTop: 150, scrollHeight: 900, clientHeight: 200 }), false, 'half a small view');
+});
+
+test('the day has changed once local midnight has passed since the labels were written', () => {
+  const evening = at(2026, 11, 30, 23, 59);
+  assert.equal(dayChanged(evening, evening + 59_000), false, 'still 30 November');
+  assert.equal(dayChanged(evening, at(2026, 12, 1, 0, 0)), true, 'midnight');
+  assert.equal(dayChanged(evening, at(2026, 12, 3, 9)), true, 'woken days later');
+  assert.equal(dayChanged(at(2026, 12, 1, 0, 1), evening), true, 'a clock set back');
+  assert.equal(dayChanged(at(2026, 11, 30, 0, 0), evening), false);
+});
+
+test('the next local midnight is where the calendar puts it', () => {
+  assert.equal(untilMidnight(at(2026, 11, 30, 23, 59)), 60_000);
+  assert.equal(untilMidnight(at(2026, 11, 30, 12)), 12 * 3600_000);
+  const midnight = at(2026, 12, 1, 0, 0);
+  assert.ok(untilMidnight(midnight) > 0, 'at midnight exactly: the next one');
+  assert.equal(midnight + untilMidnight(midnight), at(2026, 12, 2, 0, 0));
+  for (const ts of [at(2026, 3, 29, 0, 30), at(2026, 10, 25, 1, 30), at(2026, 6, 1, 8)]) {
+    assert.ok(dayChanged(ts, ts + untilMidnight(ts)), 'lands on the next day');
+    assert.ok(!dayChanged(ts, ts + untilMidnight(ts) - 1), 'and not before');
+  }
 });
