@@ -8,6 +8,7 @@ is tested in that backend's own module.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from tests.helpers import append, epoch_of, fill, ids, make_config, within
 from tests.redisproc import RedisServer
 
 NewStore = Callable[..., Awaitable[HistoryStore]]
+
+# Redis key prefixes, unique for the module's life: every store on the shared server
+# gets keys no other test's store can see (object ids are reused, so they will not do).
+_PREFIXES = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ async def new_store(
             extra["history"]["path"] = str(tmp_path / f"store{len(opened)}.db")
         elif backend == "redis":
             server: RedisServer = request.getfixturevalue("redis_server")
-            extra["redis"] = {"url": server.url, "prefix": f"t{id(opened)}-{len(opened)}"}
+            extra["redis"] = {"url": server.url, "prefix": f"t{next(_PREFIXES)}"}
         config = make_config(extra)
         metrics = Metrics()
         store, cluster = make_backend(config, metrics)
