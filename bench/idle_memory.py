@@ -199,13 +199,19 @@ def table(headers: list[str], rows: Iterable[list[str]], right: Iterable[int] = 
 
 def chat_sizes(hub: Hub[Connection], conn: Connection) -> list[tuple[str, int]]:
     """`sys.getsizeof` of what chat keeps for one idle connection (shallow, not shared)."""
-    sizes: list[tuple[str, int]] = [("Connection (24 slots)", sys.getsizeof(conn))]
-    for name in ("rooms", "pending", "typing_at", "_out", "id", "remote", "opened",
-                 "last_seen"):
+    sizes: list[tuple[str, int]] = [
+        (f"Connection ({len(Connection.__slots__)} slots)", sys.getsizeof(conn))
+    ]
+    for name in ("_out", "id", "remote", "opened", "last_seen"):
         value = getattr(conn, name)
         sizes.append((f"  .{name} = {type(value).__name__}"
                       f"{'' if isinstance(value, str | float) else ' (empty)'}",
                       sys.getsizeof(value)))
+    seat = conn.seat
+    sizes.append((f"  .seat = Seat ({len(seat.__slots__)} slots)", sys.getsizeof(seat)))
+    for name in ("rooms", "pending", "typing_at"):
+        value = getattr(seat, name)
+        sizes.append((f"    .{name} = {type(value).__name__} (empty)", sys.getsizeof(value)))
     requests = next((r for r in gc.get_objects()
                      if type(r) is Requests and r._conn is conn), None)
     if requests is not None:
@@ -237,7 +243,6 @@ def container_growth(
 def hub_containers(hub: Hub[Connection]) -> dict[str, Any]:
     """The hub's (and a local cluster's) containers that grow with connections."""
     found = {"hub.connections (set)": hub.connections, "hub.sessions (dict)": hub.sessions,
-             "hub.buckets (dict)": hub.buckets, "hub.join_buckets (dict)": hub.join_buckets,
              "hub.per_ip (dict)": hub.per_ip, "hub.rooms (dict)": hub.rooms}
     for name in ("sessions", "nicks", "members"):
         value = getattr(hub.cluster, name, None)

@@ -29,7 +29,7 @@ from chat.protocol import Close
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
 
-    from chat.hub import Session
+    from chat.hub import Seat, Session
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class Flusher:
 
 
 class Connection:
-    """State of one accepted WebSocket; owned by the hub, fed by the handler."""
+    """State of one accepted WebSocket: what the socket side owns; the hub's own state
+    for it is `seat`. Owned by the hub, fed by the handler."""
 
     __slots__ = (
         "_dirty",
@@ -118,14 +119,16 @@ class Connection:
         "id",
         "last_seen",
         "opened",
-        "pending",
         "remote",
-        "rooms",
+        "seat",
         "session",
         "transport",
-        "typing_at",
         "ws",
     )
+
+    # The hub's bookkeeping for this connection (rooms, held frames, typing times, rate
+    # buckets): set by Hub.register, read and written by the hub only.
+    seat: Seat
 
     def __init__(
         self,
@@ -144,17 +147,10 @@ class Connection:
         self.opened = now
         self.last_seen = now  # loop time of the last frame of any kind from the peer
         self.session: Session | None = None
-        # Rooms joined on this connection: it receives their messages.
-        self.rooms: set[str] = set()
-        # Rooms whose `joined` is being prepared: live frames wait here, tagged with the
-        # message id (None for frames without one), so the replay and the live stream
-        # meet without a gap or a duplicate.
-        self.pending: dict[str, list[tuple[int | None, bytes]]] = {}
         self.errors_in_row = 0
         # The largest message aiohttp reads on this connection: `limits.max_frame` may be
         # raised by a reload up to it (and lowered to anything), see chat.ws.
         self.frame_ceiling = frame_ceiling
-        self.typing_at: dict[str, float] = {}
         self.close_code: int | None = None
         self.close_reason = ""
         self._flusher = flusher
@@ -222,15 +218,6 @@ class Connection:
         self._queued_bytes = queued + size
         if exempt:
             self._exempt_bytes += size
-
-    def send_room(self, room: str, data: bytes, msg_id: int | None = None) -> None:
-        """Deliver a room frame, holding it back while that room's `joined` is prepared."""
-        if self.pending:
-            held = self.pending.get(room)
-            if held is not None:
-                held.append((msg_id, data))
-                return
-        self.send(data)
 
     @property
     def replies_pending(self) -> bool:

@@ -45,28 +45,46 @@ ROOM_INVALID: Final = Invalid(
 )
 
 
-class Receiver(Protocol):
-    """What the hub uses of a connection (chat.connection.Connection is the real one).
+class Seat:
+    """The hub's bookkeeping for one connection, all of it: made by `Hub.register`,
+    read and written by the hub only, dropped with the connection.
 
-    The hub never awaits a receiver: `send` and `send_room` only queue, `abort` only
-    starts the end. Tests drive the hub with a fake that records frames.
+    The receiver carries it as one attribute (`Receiver.seat`) rather than the hub
+    keeping a dict by connection: fan-out reads it once per receiver, and an attribute
+    costs less there than a lookup.
+    """
+
+    __slots__ = ("join_bucket", "pending", "rooms", "say_bucket", "typing_at")
+
+    def __init__(self) -> None:
+        self.rooms: set[str] = set()  # rooms whose frames reach the connection
+        # Rooms whose `joined` is being prepared: the live frames held meanwhile, tagged
+        # with their message id (None for frames without one), so that the replay and
+        # the live stream meet without a gap or a duplicate.
+        self.pending: dict[str, list[tuple[int | None, bytes]]] = {}
+        self.typing_at: dict[str, float] = {}  # clock time of the last relayed `typing`
+        self.say_bucket: TokenBucket | None = None  # limits.rate, made by the first say
+        self.join_bucket: TokenBucket | None = None  # limits.join_rate: join and leave
+
+
+class Receiver(Protocol):
+    """What the hub uses of a connection (chat.connection.Connection is the real one):
+    what the socket side owns, plus the hub's own `seat`.
+
+    The hub never awaits a receiver: `send` only queues, `abort` only starts the end.
+    Tests drive the hub with a fake that records frames.
     """
 
     id: str  # set by Hub.register; unique on this node
+    seat: Seat  # set by Hub.register; the hub's, never touched by the receiver
     remote: str  # the client's address, for the per-address cap
     session: Session | None
-    rooms: set[str]  # rooms whose frames reach it
-    # Rooms whose `joined` is being prepared: the live frames held meanwhile, by id.
-    pending: dict[str, list[tuple[int | None, bytes]]]
-    typing_at: dict[str, float]  # clock time of the last relayed `typing`, per room
     frame_ceiling: int  # the largest message it can be sent (what `welcome` tells)
 
     @property
     def closing(self) -> bool: ...
 
     def send(self, data: bytes, *, exempt: bool = False) -> None: ...
-
-    def send_room(self, room: str, data: bytes, msg_id: int | None = None) -> None: ...
 
     def abort(self, code: int, reason: str) -> None: ...
 
@@ -121,8 +139,6 @@ class Hub(Generic[R]):
         self.connections: set[R] = set()
         self.sessions: dict[str, Session] = {}  # the sessions held on this node
         self.rooms: dict[str, Room] = {}  # rooms with a receiver on this node
-        self.buckets: dict[R, TokenBucket] = {}
-        self.join_buckets: dict[R, TokenBucket] = {}  # `join` and `leave`
         self.per_ip: dict[str, int] = {}  # open WebSocket connections by client address
         self.shutting_down = False
         self._ids = itertools.count(1)
@@ -157,6 +173,7 @@ class Hub(Generic[R]):
     def register(self, conn: R) -> None:
         """Count a connection from the moment it is admitted (before the upgrade completes)."""
         conn.id = str(next(self._ids))
+        conn.seat = Seat()
         self.per_ip[conn.remote] = self.per_ip.get(conn.remote, 0) + 1
         self.connections.add(conn)
         self._empty.clear()
@@ -173,8 +190,6 @@ class Hub(Generic[R]):
             del self.per_ip[conn.remote]
         if not self.connections:
             self._empty.set()
-        self.buckets.pop(conn, None)
-        self.join_buckets.pop(conn, None)
         self._drop_delivery(conn)
         session = conn.session
         # After a takeover the session belongs to the newer connection and lives on.
@@ -191,13 +206,22 @@ class Hub(Generic[R]):
         del self.sessions[session.id]
 
     def _drop_delivery(self, conn: Receiver) -> None:
-        for name in conn.rooms:
+        seat = conn.seat
+        for name in seat.rooms:
             room = self.rooms.get(name)
             if room is not None:
                 room.receivers.pop(conn, None)
                 self._forget_if_empty(room)
-        conn.rooms.clear()
-        conn.pending.clear()
+        seat.rooms.clear()
+        seat.pending.clear()
+
+    def rate_buckets(self) -> tuple[list[TokenBucket], list[TokenBucket]]:
+        """The say and the join buckets handed out so far (a reload retunes them)."""
+        seats = [conn.seat for conn in self.connections]
+        return (
+            [seat.say_bucket for seat in seats if seat.say_bucket is not None],
+            [seat.join_bucket for seat in seats if seat.join_bucket is not None],
+        )
 
     def _forget_if_empty(self, room: Room) -> None:
         if not room.receivers and self.rooms.get(room.name) is room:
@@ -209,19 +233,32 @@ class Hub(Generic[R]):
     def deliver(
         self, room: str, data: bytes, msg_id: int | None = None, exclude: str | None = None
     ) -> None:
-        """Hand the same encoded bytes to every receiver; never awaits a client."""
+        """Hand the same encoded bytes to every receiver; never awaits a client.
+
+        A receiver whose `joined` for the room is being prepared gets the frame held
+        (see `join`). This is the fan-out loop: per receiver it costs a send and a few
+        attribute reads, no lookup and no other call while nothing is held.
+        """
         local = self.rooms.get(room)
         if local is None:
             return
         if msg_id is not None:
             for conn, floor in local.receivers.items():
                 if msg_id > floor:
-                    conn.send_room(room, data, msg_id)
+                    pending = conn.seat.pending
+                    if pending and (held := pending.get(room)) is not None:
+                        held.append((msg_id, data))
+                    else:
+                        conn.send(data)
             return
         for conn in local.receivers:
             session = conn.session
             if exclude is None or session is None or session.id != exclude:
-                conn.send_room(room, data)
+                pending = conn.seat.pending
+                if pending and (held := pending.get(room)) is not None:
+                    held.append((None, data))
+                else:
+                    conn.send(data)
 
     def replaced(self, session: str, conn: str) -> None:
         held = self.sessions.get(session)
@@ -333,10 +370,11 @@ class Hub(Generic[R]):
             self._unwatch_if_unused(name)
             return None
         room = self._room(name)
+        seat = conn.seat
         # Register for delivery before reading the replay: messages stored meanwhile are
         # held back, then released after `joined` minus those the replay already holds.
-        conn.pending[name] = []
-        conn.rooms.add(name)
+        seat.pending[name] = []
+        seat.rooms.add(name)
         room.receivers[conn] = 0
         try:
             history = self.config.history
@@ -344,14 +382,14 @@ class Hub(Generic[R]):
                 name, event.since, event.epoch, history.replay, history.recover
             )
         except BaseException:
-            held = conn.pending.pop(name, None)
+            held = seat.pending.pop(name, None)
             if held is not None:  # still registered: undo it, the client may retry
-                conn.rooms.discard(name)
+                seat.rooms.discard(name)
                 room.receivers.pop(conn, None)
                 self._forget_if_empty(room)
             raise
-        held = conn.pending.pop(name, [])
-        if conn.closing or name not in conn.rooms:
+        held = seat.pending.pop(name, [])
+        if conn.closing or name not in seat.rooms:
             return None
         room.receivers[conn] = replay.last_id
         conn.send(protocol.joined_frame(
@@ -379,9 +417,10 @@ class Hub(Generic[R]):
         if not protocol.valid_room(name):
             return ROOM_INVALID
         await self.cluster.exit(session.id, name, session.nick)
-        conn.rooms.discard(name)
-        conn.pending.pop(name, None)
-        conn.typing_at.pop(name, None)
+        seat = conn.seat
+        seat.rooms.discard(name)
+        seat.pending.pop(name, None)
+        seat.typing_at.pop(name, None)
         room = self.rooms.get(name)
         if room is not None:
             room.receivers.pop(conn, None)
@@ -393,7 +432,7 @@ class Hub(Generic[R]):
         if not protocol.valid_room(name):
             return ROOM_INVALID
         room = self.rooms.get(name)
-        if room is None or name not in conn.rooms:
+        if room is None or name not in conn.seat.rooms:
             return Invalid(ErrorCode.NOT_JOINED, f"join {name!r} first", None)
         return room
 
@@ -440,10 +479,11 @@ class Hub(Generic[R]):
         return None
 
     def _bucket(self, conn: R) -> TokenBucket:
-        bucket = self.buckets.get(conn)
+        seat = conn.seat
+        bucket = seat.say_bucket
         if bucket is None:
             rate = self.config.limits.rate
-            bucket = self.buckets[conn] = TokenBucket.full(
+            bucket = seat.say_bucket = TokenBucket.full(
                 rate.messages, rate.per, rate.burst, self.clock()
             )
         return bucket
@@ -451,10 +491,11 @@ class Hub(Generic[R]):
     def _join_limited(self, conn: R) -> Invalid | None:
         """Spend a token of the connection's `join`/`leave` bucket (limits.join_rate)."""
         now = self.clock()
-        bucket = self.join_buckets.get(conn)
+        seat = conn.seat
+        bucket = seat.join_bucket
         if bucket is None:
             rate = self.config.limits.join_rate
-            bucket = self.join_buckets[conn] = TokenBucket.full(
+            bucket = seat.join_bucket = TokenBucket.full(
                 rate.messages, rate.per, rate.burst, now
             )
         retry_after = bucket.take(now)
@@ -470,10 +511,11 @@ class Hub(Generic[R]):
         if isinstance(room, Invalid):
             return room
         now = self.clock()
-        last = conn.typing_at.get(room.name)
+        typing_at = conn.seat.typing_at
+        last = typing_at.get(room.name)
         if last is not None and now - last < TYPING_EVERY:
             return DROPPED
-        conn.typing_at[room.name] = now
+        typing_at[room.name] = now
         frame = protocol.typing_frame(room.name, session.nick)
         await self.cluster.typing(room.name, session.id, frame)
         return None

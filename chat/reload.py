@@ -95,8 +95,9 @@ def apply(app: web.Application, new: Plan) -> None:
             app[PROXIES] = policy.networks(config.security.trusted_proxies)
     logs.use_format(config.log.format)
     if config.limits != old.limits:
-        retune(hub.buckets.values(), config.limits.rate, hub.clock())
-        retune(hub.join_buckets.values(), config.limits.join_rate, hub.clock())
+        say_buckets, join_buckets = hub.rate_buckets()
+        retune(say_buckets, config.limits.rate, hub.clock())
+        retune(join_buckets, config.limits.join_rate, hub.clock())
         for conn in hub.connections:
             conn.set_send_buffer(config.limits.send_buffer)
     if new.settings_changed:

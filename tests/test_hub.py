@@ -17,22 +17,25 @@ from chat import protocol
 from chat.cluster.local import LocalCluster
 from chat.history import Replay
 from chat.history.memory import MemoryHistory
-from chat.hub import DROPPED, TYPING_EVERY, Dropped, Hub, Session
+from chat.hub import DROPPED, TYPING_EVERY, Dropped, Hub, Seat, Session
 from chat.metrics import Metrics
 from chat.protocol import Close, ErrorCode, Invalid
 from tests.helpers import make_config, within
 
 
 class FakeReceiver:
-    """A connection that records what the hub sends it, as parsed frames."""
+    """A connection that records what the hub sends it, as parsed frames.
+
+    Like chat.connection.Connection it owns only the socket side; the hub's bookkeeping
+    for it is `seat`, which `Hub.register` sets.
+    """
+
+    seat: Seat
 
     def __init__(self, remote: str = "10.0.0.1") -> None:
         self.id = ""
         self.remote = remote
         self.session: Session | None = None
-        self.rooms: set[str] = set()
-        self.pending: dict[str, list[tuple[int | None, bytes]]] = {}
-        self.typing_at: dict[str, float] = {}
         self.frame_ceiling = 1 << 20
         self.frames: list[dict[str, Any]] = []
         self.exempt: list[bool] = []  # per frame: sent exempt from the send buffer
@@ -47,13 +50,6 @@ class FakeReceiver:
             return  # as Connection.send: nothing is queued once the end has begun
         self.frames.append(orjson.loads(data))
         self.exempt.append(exempt)
-
-    def send_room(self, room: str, data: bytes, msg_id: int | None = None) -> None:
-        held = self.pending.get(room)
-        if held is not None:
-            held.append((msg_id, data))
-        else:
-            self.send(data)
 
     def abort(self, code: int, reason: str) -> None:
         if self.ended is None:
@@ -197,7 +193,7 @@ async def test_takeover_closes_the_old_receiver_with_4002() -> None:
     (welcome,) = new.take()
     assert (welcome["session"], welcome["rooms"]) == (session, ["lobby"])
     assert old.ended == (Close.REPLACED, "replaced by a newer connection")
-    assert old.rooms == set() and new.session is hub.sessions[session]
+    assert old.seat.rooms == set() and new.session is hub.sessions[session]
     # The old receiver's release leaves the session alone: no `leave` for alice.
     bob.take()
     hub.release(old)
@@ -221,7 +217,7 @@ async def test_join_announces_presence_and_lists_members() -> None:
     assert bob.take() == [
         {"type": "presence", "room": "lobby", "event": "leave", "nick": "Alice", "reason": "left"}
     ]
-    assert "lobby" not in alice.rooms
+    assert "lobby" not in alice.seat.rooms
 
 
 async def test_join_refusals() -> None:
@@ -406,4 +402,18 @@ async def test_lost_room_aborts_its_receivers_with_1011() -> None:
     await joined(hub, bob, "den")
     hub.lost("room feed lost", "lobby")
     assert alice.ended == (Close.INTERNAL, "room feed lost")
-    assert bob.ended is None and alice.rooms == set()
+    assert bob.ended is None and alice.seat.rooms == set()
+
+
+async def test_seat_holds_the_bookkeeping_and_goes_with_the_connection() -> None:
+    """Rooms, typing times and both rate buckets live on the seat; release drops them."""
+    hub, _, _ = make_hub()
+    alice = await connect(hub, "alice")
+    await joined(hub, alice, "lobby")
+    await say(hub, alice, "lobby", "hi")
+    assert await hub.typing(alice, protocol.Typing("lobby")) is None
+    seat = alice.seat
+    assert (seat.rooms, list(seat.typing_at), seat.pending) == ({"lobby"}, ["lobby"], {})
+    assert hub.rate_buckets() == ([seat.say_bucket], [seat.join_bucket])
+    assert hub.release(alice)
+    assert seat.rooms == set() and hub.rate_buckets() == ([], []) and not hub.rooms

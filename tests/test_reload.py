@@ -114,7 +114,7 @@ async def test_apply_reaches_open_connections(aiohttp_client: Any) -> None:
     reload.apply(app, plan(app[CONFIG], new))
     assert hub.config == new and app[CONFIG] is hub.config
     assert [str(n) for n in app[PROXIES]] == ["10.1.0.0/16"]
-    (bucket,) = hub.buckets.values()
+    (bucket,), _ = hub.rate_buckets()
     assert (bucket.rate, bucket.burst) == (0.5, 2) and bucket.tokens <= 2
     assert {conn._send_buffer for conn in hub.connections} == {4096}
     settings = await talker.expect("settings")
