@@ -14,15 +14,9 @@ from aiohttp import web
 
 from chat import auth, heartbeat, policy, routes
 from chat.cluster import Cluster
-from chat.cluster.local import LocalCluster
-from chat.cluster.redis_cluster import RedisCluster
-from chat.cluster.redis_link import RedisLink
 from chat.config import Config
 from chat.connection import Flusher
-from chat.history import HistoryStore
-from chat.history.memory import MemoryHistory
-from chat.history.redis import RedisHistory
-from chat.history.sqlite import SqliteHistory
+from chat.history import BACKENDS, HistoryStore
 from chat.hub import Hub
 from chat.keys import CONFIG, FLUSHER, HISTORY, HUB, METRICS, PROXIES, RECONFIGURED
 from chat.metrics import Metrics
@@ -43,22 +37,9 @@ def asset_dir(name: str) -> Path:
 
 
 def make_backend(config: Config, metrics: Metrics) -> tuple[HistoryStore, Cluster]:
-    """The history store and the cluster for `history.backend`: the one list of backends."""
-    backend = config.history.backend
-    if backend == "redis":
-        link = RedisLink(config.redis, metrics)
-        redis_store = RedisHistory(link, config.history.retain, on_commit=metrics.observe_commit)
-        return redis_store, RedisCluster(config, link, redis_store, metrics)
-    store: HistoryStore
-    if backend == "memory":
-        store = MemoryHistory(config.history.retain)
-    elif backend == "sqlite":
-        store = SqliteHistory(
-            config.history.path, config.history.retain, on_commit=metrics.observe_commit
-        )
-    else:
-        raise ValueError(f"history.backend: unknown backend {backend!r}")
-    return store, LocalCluster(store)
+    """The history store and the cluster for `history.backend`, from `chat.history.BACKENDS`
+    (the configuration was validated against the same names)."""
+    return BACKENDS[config.history.backend](config, metrics)
 
 
 def create_app(config: Config) -> web.Application:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.reader import ReaderError
 
+from chat.history import BACKENDS
+
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_FILENAME",
@@ -43,7 +45,6 @@ __all__ = [
 CONFIG_ENV: Final = "CHAT_CONFIG"
 SECRET_ENV: Final = "CHAT_AUTH_SECRET"
 DEFAULT_FILENAME: Final = "config.yaml"
-HISTORY_BACKENDS: Final = ("memory", "sqlite", "redis")
 LOG_FORMATS: Final = ("text", "json")
 EVENT_LOOPS: Final = ("uvloop", "asyncio")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
@@ -394,8 +395,8 @@ def _text(value: Any, key: str) -> str:
 
 
 def _backend(value: Any, key: str) -> str:
-    if value not in HISTORY_BACKENDS:
-        raise _Invalid(key, f"must be one of {', '.join(HISTORY_BACKENDS)}")
+    if value not in BACKENDS:
+        raise _Invalid(key, f"must be one of {', '.join(BACKENDS)}")
     return str(value)
 
 

@@ -52,17 +52,18 @@ class Metrics:
         self.errors = Counter(
             "chat_errors", "Error frames sent, by code.", ["code"], registry=self.registry
         )
-        # The SQLite store's group commits: how long the disk takes, and how many
-        # messages each commit carries (under load, many; a slow disk shows here first).
+        # The stores' commits (SQLite's group commits, Redis's rounds of says; the memory
+        # store has none): how long storing takes, and how many says each commit carries
+        # (under load, many; a slow disk or a busy Redis shows here first).
         self.commit_seconds = Histogram(
             "chat_history_commit_seconds",
-            "Time to store and commit one batch of messages (SQLite) or one round of says (Redis).",
+            "Time to store one batch of says: a SQLite group commit or a Redis round.",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
         self.commit_messages = Histogram(
             "chat_history_commit_messages",
-            "Says answered by one commit (SQLite group commit), re-sent ones included.",
+            "Says stored by one commit (SQLite or Redis round), re-sent ones included.",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
             registry=self.registry,
         )

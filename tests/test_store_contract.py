@@ -17,8 +17,7 @@ import pytest
 
 from chat.app import make_backend
 from chat.cluster import Cluster
-from chat.config import HISTORY_BACKENDS
-from chat.history import HistoryStore, Message, NewMessage
+from chat.history import BACKENDS, HistoryOpenError, HistoryStore, Message, NewMessage
 from chat.hub import Hub
 from chat.metrics import Metrics
 from tests.helpers import append, epoch_of, fill, ids, make_config, within
@@ -38,7 +37,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
-@pytest.fixture(params=HISTORY_BACKENDS)
+@pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
@@ -73,12 +72,24 @@ async def new_store(
         await within(store.close())
 
 
-def test_every_configurable_backend_is_built() -> None:
-    """config's HISTORY_BACKENDS and make_backend's registry are the same list."""
-    for backend in HISTORY_BACKENDS:
+def test_every_registered_backend_is_built() -> None:
+    """Each name of the one registry (which config validates against) builds its store."""
+    for backend in BACKENDS:
         extra: dict[str, Any] = {"history": {"backend": backend, "path": "unused.db"}}
         store, _ = make_backend(make_config(extra), Metrics())
         assert type(store).__module__ == f"chat.history.{backend}"
+
+
+def test_open_error_names_where_and_why_without_assuming_a_file() -> None:
+    """A store that is not a file says "history store"; SQLite keeps "history database"."""
+    from chat.history.sqlite import DatabaseOpenError
+
+    err = HistoryOpenError("redis://db:6379/0", "no answer")
+    assert str(err) == "redis://db:6379/0: cannot open history store: no answer"
+    assert (err.where, err.reason) == ("redis://db:6379/0", "no answer")
+    assert str(DatabaseOpenError("chat.db", "is a directory")) == (
+        "chat.db: cannot open history database: is a directory"
+    )
 
 
 async def test_ids_consecutive_from_one(new_store: NewStore) -> None:

@@ -8,22 +8,33 @@ every backend answers them the same way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from chat import protocol
+
+if TYPE_CHECKING:
+    from chat.cluster import Cluster
+    from chat.config import Config
+    from chat.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 
 class HistoryOpenError(Exception):
-    """The history file cannot be used; ``str(err)`` is one line naming the file."""
+    """A history store cannot be opened; ``str(err)`` is one line: where, and why.
 
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
+    `where` is what the operator names in the configuration (a file, a URL); a backend
+    whose store is a file says "history database" (`what`), the others "history store".
+    """
+
+    what: ClassVar[str] = "history store"
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
         self.reason = reason
-        super().__init__(f"{path}: cannot open history database: {reason}")
+        super().__init__(f"{where}: cannot open {self.what}: {reason}")
 
 
 class BackendUnavailable(Exception):
@@ -177,3 +188,46 @@ class HistoryStore(Protocol):
 
         Only names that sort after `after` (when given), and at most `limit` of them.
         """
+
+
+# ---------------------------------------------------------------- the backends
+
+Backend = Callable[["Config", "Metrics"], tuple[HistoryStore, "Cluster"]]
+
+
+def _memory(config: Config, metrics: Metrics) -> tuple[HistoryStore, Cluster]:
+    from chat.cluster.local import LocalCluster
+    from chat.history.memory import MemoryHistory
+
+    store = MemoryHistory(config.history.retain)
+    return store, LocalCluster(store)
+
+
+def _sqlite(config: Config, metrics: Metrics) -> tuple[HistoryStore, Cluster]:
+    from chat.cluster.local import LocalCluster
+    from chat.history.sqlite import SqliteHistory
+
+    store = SqliteHistory(
+        config.history.path, config.history.retain, on_commit=metrics.observe_commit
+    )
+    return store, LocalCluster(store)
+
+
+def _redis(config: Config, metrics: Metrics) -> tuple[HistoryStore, Cluster]:
+    from chat.cluster.redis_cluster import RedisCluster
+    from chat.cluster.redis_link import RedisLink
+    from chat.history.redis import RedisHistory
+
+    link = RedisLink(config.redis, metrics)
+    store = RedisHistory(link, config.history.retain, on_commit=metrics.observe_commit)
+    return store, RedisCluster(config, link, store, metrics)
+
+
+# The one registry of backends: `history.backend` is validated against its names
+# (chat.config) and `chat.app.make_backend` builds from it. The builders import their
+# modules when called: those import chat.config, which imports this registry.
+BACKENDS: Final[Mapping[str, Backend]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+    "redis": _redis,
+}

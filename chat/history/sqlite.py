@@ -41,6 +41,12 @@ from chat.history import (
 
 logger = logging.getLogger(__name__)
 
+
+class DatabaseOpenError(HistoryOpenError):
+    """The database file cannot be used; ``str(err)`` is one line naming the file."""
+
+    what = "history database"
+
 # Each migration takes the file from version i (its index) to i + 1; the version lives in
 # PRAGMA user_version. They run in order inside one transaction, so an upgrade either
 # completes or leaves the file as it was. Append new steps; never edit old ones.
@@ -145,21 +151,21 @@ class _Database:
         self._last_ids.clear()
         file = Path(self.path)
         if not file.parent.is_dir():
-            raise HistoryOpenError(self.path, f"directory {str(file.parent)!r} does not exist")
+            raise DatabaseOpenError(self.path, f"directory {str(file.parent)!r} does not exist")
         if file.is_dir():
-            raise HistoryOpenError(self.path, "is a directory")
+            raise DatabaseOpenError(self.path, "is a directory")
         self._lock()
         try:
             conn = sqlite3.connect(self.path, timeout=OPEN_BUSY_TIMEOUT, isolation_level=None)
         except (sqlite3.Error, ValueError) as err:
             self._unlock()
-            raise HistoryOpenError(self.path, _reason(err)) from None
+            raise DatabaseOpenError(self.path, _reason(err)) from None
         try:
             self._prepare(conn)
         except (sqlite3.Error, ValueError) as err:
             conn.close()
             self._unlock()
-            raise HistoryOpenError(self.path, _reason(err)) from None
+            raise DatabaseOpenError(self.path, _reason(err)) from None
         except HistoryOpenError:
             conn.close()
             self._unlock()
@@ -176,12 +182,12 @@ class _Database:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             reason = f"cannot create {lock_path}: {err.strerror}"
-            raise HistoryOpenError(self.path, reason) from None
+            raise DatabaseOpenError(self.path, reason) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise HistoryOpenError(
+            raise DatabaseOpenError(
                 self.path, f"database is locked by another server ({lock_path})"
             ) from None
         self._lock_fd = fd
@@ -194,14 +200,14 @@ class _Database:
     def _prepare(self, conn: sqlite3.Connection) -> None:
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if str(mode).lower() != "wal":
-            raise HistoryOpenError(self.path, f"cannot use WAL journal mode (got {mode})")
+            raise DatabaseOpenError(self.path, f"cannot use WAL journal mode (got {mode})")
         conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
         # Taking the write lock here makes a file held by another writer fail fast.
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > len(MIGRATIONS):
-                raise HistoryOpenError(
+                raise DatabaseOpenError(
                     self.path,
                     f"schema version {version} is newer than this program's "
                     f"({len(MIGRATIONS)})",
@@ -213,7 +219,7 @@ class _Database:
                 conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
             row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
             if row is None:
-                raise HistoryOpenError(self.path, "no epoch in the meta table")
+                raise DatabaseOpenError(self.path, "no epoch in the meta table")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -223,7 +229,7 @@ class _Database:
         # at start, not discovered by the first sender whose batch touches the bad page.
         problems = [str(problem) for (problem,) in conn.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
-            raise HistoryOpenError(
+            raise DatabaseOpenError(
                 self.path, "database disk image is malformed: " + "; ".join(problems)
             )
         self.epoch = str(row[0])
