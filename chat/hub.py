@@ -324,8 +324,8 @@ class Hub(Generic[R]):
         key = protocol.nick_key(nick)
         claim = Claim(event.session, nick, key, conn.id, secrets.token_urlsafe(24))
         claimed = await self.cluster.hello(claim)
-        if isinstance(claimed, str):
-            return Invalid(ErrorCode(claimed), f"the nick {nick!r} is in use", None)
+        if isinstance(claimed, ErrorCode):
+            return Invalid(claimed, f"the nick {nick!r} is in use", None)
         if conn.closing:
             # Gone while the cluster answered: give the session back at once.
             self.cluster.end_session(claimed.session, conn.id, "closed")
@@ -359,10 +359,10 @@ class Hub(Generic[R]):
         entered = await self.cluster.enter(
             session.id, name, session.nick, self.config.limits.max_rooms
         )
-        if isinstance(entered, str):
+        if isinstance(entered, ErrorCode):
             self._unwatch_if_unused(name)
             return Invalid(
-                ErrorCode(entered),
+                entered,
                 f"a session may be in {self.config.limits.max_rooms} rooms",
                 None,
             )

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from chat.config import Config
 from chat.history import Message
+from chat.protocol import ErrorCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,8 @@ class Cluster(Protocol):
         """'ok' while this node takes part in the cluster, else a short reason; None
         when the cluster is this process alone."""
 
-    async def hello(self, claim: Claim) -> Claimed | str:
-        """The session a hello gets, or the error code (`nick_taken`) it gets instead."""
+    async def hello(self, claim: Claim) -> Claimed | ErrorCode:
+        """The session a hello gets, or the error code (`ErrorCode.NICK_TAKEN`) it gets instead."""
 
     def end_session(self, session: str, conn: str, reason: str) -> None:
         """End `session` if connection `conn` still holds it: leave its rooms, free its nick.
@@ -90,9 +91,11 @@ class Cluster(Protocol):
         Returns at once; a backend that needs I/O finishes (and retries) in the background.
         """
 
-    async def enter(self, session: str, room: str, nick: str, max_rooms: int) -> Entered | str:
+    async def enter(
+        self, session: str, room: str, nick: str, max_rooms: int
+    ) -> Entered | ErrorCode:
         """Make the session a member of `room` (presence join to the others if new), or
-        return the error code (`too_many_rooms`)."""
+        return the error code (`ErrorCode.TOO_MANY_ROOMS`)."""
 
     async def exit(self, session: str, room: str, nick: str) -> None:
         """End the session's membership of `room` (presence leave `left` if it was one)."""

@@ -13,6 +13,7 @@ from chat import protocol
 from chat.cluster import Claim, Claimed, Entered, Node
 from chat.config import Config
 from chat.history import HistoryStore, Message
+from chat.protocol import ErrorCode
 
 
 @dataclass(eq=False, slots=True)
@@ -50,13 +51,13 @@ class LocalCluster:
     def check(self) -> str | None:
         return None
 
-    async def hello(self, claim: Claim) -> Claimed | str:
+    async def hello(self, claim: Claim) -> Claimed | ErrorCode:
         held = self.sessions.get(claim.session) if claim.session else None
         if claim.session and held is not None and held.key == claim.key:
             held.conn = claim.conn
             return Claimed(claim.session, held.nick, sorted(held.rooms), taken_over=True)
         if claim.key in self.nicks:
-            return "nick_taken"
+            return ErrorCode.NICK_TAKEN
         self.sessions[claim.new_session] = _Session(claim.nick, claim.key, claim.conn)
         self.nicks[claim.key] = claim.new_session
         return Claimed(claim.new_session, claim.nick, [], taken_over=False)
@@ -76,12 +77,14 @@ class LocalCluster:
             )
         held.rooms.clear()
 
-    async def enter(self, session: str, room: str, nick: str, max_rooms: int) -> Entered | str:
+    async def enter(
+        self, session: str, room: str, nick: str, max_rooms: int
+    ) -> Entered | ErrorCode:
         held = self.sessions[session]
         new_member = room not in held.rooms
         if new_member:
             if len(held.rooms) >= max_rooms:
-                return "too_many_rooms"
+                return ErrorCode.TOO_MANY_ROOMS
             self.node.deliver(room, protocol.presence_frame(room, "join", nick), exclude=session)
             held.rooms.add(room)
             self.members.setdefault(room, {})[session] = nick

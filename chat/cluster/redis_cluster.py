@@ -36,6 +36,7 @@ from chat.config import Config
 from chat.history import BackendUnavailable, Message
 from chat.history.redis import RedisHistory
 from chat.metrics import Metrics
+from chat.protocol import ErrorCode
 
 logger = logging.getLogger("chat.redis")
 
@@ -157,7 +158,7 @@ class RedisCluster:
 
     # ------------------------------------------------------------ sessions
 
-    async def hello(self, claim: Claim) -> Claimed | str:
+    async def hello(self, claim: Claim) -> Claimed | ErrorCode:
         if not self._registered:  # started while Redis was away: not fenced, only new
             await self._register()
         keys = self.keys
@@ -179,8 +180,8 @@ class RedisCluster:
         if kind == "fenced":
             await self._fence()
             raise BackendUnavailable("this server lost its sessions; reconnect", RETRY_AFTER)
-        if kind == "nick_taken":
-            return "nick_taken"
+        if kind == ErrorCode.NICK_TAKEN:
+            return ErrorCode.NICK_TAKEN
         rooms = sorted(_str(room) for room in reply[3])
         return Claimed(_str(reply[1]), _str(reply[2]), rooms, taken_over=kind == "takeover")
 
@@ -210,7 +211,9 @@ class RedisCluster:
                 if self._ends.get(session) == pending:
                     del self._ends[session]
 
-    async def enter(self, session: str, room: str, nick: str, max_rooms: int) -> Entered | str:
+    async def enter(
+        self, session: str, room: str, nick: str, max_rooms: int
+    ) -> Entered | ErrorCode:
         keys = self.keys
         reply = await self.link.script(
             self.link.enter,
@@ -222,7 +225,7 @@ class RedisCluster:
             code = reply[0].decode()
             if code == "gone":
                 raise BackendUnavailable("this session moved or ended; reconnect", RETRY_AFTER)
-            return code
+            return ErrorCode(code)  # the script's `too_many_rooms`
         return Entered(bool(reply[0]), [_str(nick) for nick in reply[1]])
 
     async def exit(self, session: str, room: str, nick: str) -> None:
