@@ -106,14 +106,51 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 REPO: Final = Path(__file__).parents[1]
 
 
+def _databases() -> dict[str, tuple[int, int]]:
+    """The checkout's `chat.db*` files: name -> (size, mtime in ns)."""
+    found = {}
+    for path in REPO.glob("chat.db*"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue  # removed meanwhile (a running server's -wal or -shm)
+        found[path.name] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def _server_holds(lock: Path) -> bool:
+    """Whether a process holds the flock on `lock` (a server runs on that database).
+
+    Read from /proc/locks, without taking the lock: taking it, even for a moment,
+    could turn away a server starting at that moment.
+    """
+    try:
+        inode = lock.stat().st_ino
+        held = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    return any(
+        line.split()[1] == "FLOCK" and line.split()[5].endswith(f":{inode}")
+        for line in held.splitlines()
+        if len(line.split()) > 5
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _checkout_stays_clean() -> Iterator[None]:
-    """Fail the run if a test left a history database in the checkout.
+    """Fail the run if a test created or wrote a history database in the checkout.
 
-    Every server and store a test starts belongs in a temporary directory; a `chat.db`
-    already there (a server someone runs in the checkout) is left alone and not blamed.
+    Every server and store a test starts belongs in a temporary directory. A `chat.db`
+    already there is not blamed for existing, and a test that wrote to it (its size or
+    mtime changed) is, unless a server held it when the run began: a server running in
+    the checkout writes to its own files, and its lock keeps every test out of them.
     """
-    before = {path.name for path in REPO.glob("chat.db*")}
+    before = _databases()
+    running = _server_holds(REPO / "chat.db.lock")
     yield
-    left = sorted({path.name for path in REPO.glob("chat.db*")} - before)
+    after = _databases()
+    left = sorted(set(after) - set(before))
     assert not left, f"tests left {left} in {REPO}"
+    if not running:
+        touched = sorted(n for n in set(after) & set(before) if after[n] != before[n])
+        assert not touched, f"tests wrote to {touched} in {REPO}"

@@ -296,6 +296,7 @@ async def test_reads_never_run_ahead_of_acks(
     ("retain", "count", "since", "epoch_ok", "replay", "want", "complete"),
     [
         (100, 10, None, True, 3, [8, 9, 10], True),  # fresh join: newest `replay`
+        (3, 10, None, True, 50, [8, 9, 10], True),  # retain 3, default replay 50: the 3 kept
         (100, 2, None, True, 50, [1, 2], True),  # fresh join in a small room
         (100, 10, 2, True, 3, [3, 4, 5, 6, 7, 8, 9, 10], True),  # since: all after it
         (100, 4, 4, True, 50, [], True),  # since == last_id

@@ -288,5 +288,12 @@ async def test_client_gone_during_upgrade_is_not_logged_as_error(
         writer.transport.abort()
     await accepted(client)
     await until(lambda: len(hub.connections) == 1)
+
+    def gone() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "went away during the upgrade" in r.getMessage()]
+
+    # Proof that the path ran: some resets landed while the 101 was being written.
+    await until(gone)
+    assert all(r.levelno == logging.INFO for r in gone())
     loud = [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
     assert not loud, [(r.name, r.getMessage()) for r in loud]
