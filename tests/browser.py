@@ -33,7 +33,7 @@ from playwright.async_api import (
 from chat.app import asset_dir
 from chat.keys import CONFIG as CONFIG_KEY
 from chat.routes import security_headers, setup_routes
-from tests.conftest import make_config
+from tests.helpers import make_config
 from tests.serverproc import ServerProcess, write_config
 
 CHROMIUM: Final = "/usr/bin/chromium"
@@ -46,6 +46,7 @@ LAUNCH_ARGS: Final = [
     "--no-first-run",
 ]
 WAIT: Final = 5_000  # ms: the default deadline of every browser action and expectation
+RECONNECT_WAIT: Final = 10_000  # ms: a page is back within this (back-off, failover)
 
 HEARTBEAT_INTERVAL: Final = 0.3
 HEARTBEAT_TIMEOUT: Final = 1.0

@@ -1,65 +1,26 @@
-"""Shared fixtures: configs with tiny intervals, the real app on a real socket, WS peers.
+"""Shared fixtures: configs with tiny intervals, the real app on a real socket, WS peers,
+Redis, a two-node deployment behind nginx, an HTTP session.
 
-The plain helpers (Peer, make_config, DEADLINE, ...) live in tests/helpers.py; they are
-imported here too, so `from tests.conftest import Peer` keeps working.
+Plain helpers (Peer, make_config, app_client, SlowStorage, DEADLINE, ...) live in
+tests/helpers.py, and modules import them from there, not from here.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
 
-from chat.app import create_app
 from chat.config import Config
-from chat.history.memory import MemoryHistory
-from chat.keys import HISTORY
-from chat.server import handler_options
-from tests.helpers import DEADLINE, FAST, Peer, make_config, merge
+from tests import helpers
+from tests.helpers import Connect, Peer, app_client, make_config
+from tests.nginxproc import CLUSTER_TIMINGS, Deployment
 from tests.redisproc import RedisServer
-
-__all__ = ["DEADLINE", "FAST", "Peer", "make_config", "merge"]
-
-Connect = Callable[..., Awaitable[Peer]]
-
-
-class SlowStorage:
-    """Holds every append of an app's memory store until `release()`: storage made slow.
-
-    A held append behaves like a commit in progress: the store has taken the message,
-    so it is stored on release even if its caller was cancelled meanwhile.
-    """
-
-    def __init__(self, app: web.Application) -> None:
-        store = app[HISTORY]
-        assert isinstance(store, MemoryHistory)
-        self.entered = asyncio.Event()  # an append is waiting
-        self._gate = asyncio.Event()
-        self._commits: set[asyncio.Task[Any]] = set()
-        append = store.append
-
-        async def commit(*args: Any) -> Any:
-            await self._gate.wait()
-            return await append(*args)
-
-        async def held(*args: Any) -> Any:
-            self.entered.set()
-            task = asyncio.ensure_future(commit(*args))
-            self._commits.add(task)
-            task.add_done_callback(self._commits.discard)
-            return await asyncio.shield(task)
-
-        store.append = held  # type: ignore[method-assign]
-        # Appends now wait: say them so, or the server would handle says where it reads.
-        store.instant = False  # type: ignore[misc]
-
-    def release(self) -> None:
-        self._gate.set()
 
 
 @pytest.fixture
@@ -67,33 +28,28 @@ def config() -> Config:
     return make_config()
 
 
-async def serve(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
-    """The app for `config` on a test server with the handler options __main__ uses."""
-    server = TestServer(create_app(config))
-    # TestServer drops keyword arguments given to its constructor; start_server passes
-    # them on to the runner (aiohttp_client then finds the server started).
-    await server.start_server(**handler_options(config))
-    result: TestClient[Any, Any] = await aiohttp_client(server)
-    return result
-
-
 @pytest.fixture
 async def client(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
-    return await serve(aiohttp_client, config)
+    """The app for the `config` fixture (override it in a module to change it)."""
+    return await app_client(aiohttp_client, config=config)
 
 
 @pytest.fixture
 async def connect(client: TestClient[Any, Any]) -> Connect:
-    """Open a WebSocket to the app; `nick=` also says hello."""
+    """Open a WebSocket to `client`'s app; `nick=` also says hello (helpers.connect)."""
 
     async def _connect(nick: str | None = None, **kwargs: Any) -> Peer:
-        kwargs.setdefault("autoping", True)
-        peer = Peer(await client.ws_connect("/ws", **kwargs))
-        if nick is not None:
-            await peer.hello(nick)
-        return peer
+        return await helpers.connect(client, nick, **kwargs)
 
     return _connect
+
+
+# Two Redis fixtures, one design (tests/redisproc.py), two scopes:
+# - `redis_server` is the test's own, for tests that stop, restart, flush or fill it
+#   (cluster failures, durability): nothing another test did can leak in.
+# - `shared_redis` lives for a module, for tests that only read and write keys under
+#   a prefix of their own (the store contract, over a hundred short tests): starting a
+#   redis-server per test would cost more than the tests themselves.
 
 
 @pytest.fixture
@@ -101,6 +57,39 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A durable redis-server of the test's own, killed at teardown."""
     with RedisServer(tmp_path / "redis") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the module; every user keeps to a key prefix of its own."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def deployment_config() -> dict[str, Any]:
+    """What `deployment` merges over its nodes' configuration; a module may override it."""
+    return dict(CLUSTER_TIMINGS)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, deployment_config: dict[str, Any]) -> Iterator[Deployment]:
+    """Redis, two chat nodes on it and nginx in front, stopped at teardown."""
+    with Deployment(tmp_path, nodes=2, config=deployment_config) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP session for servers started as processes.
+
+    WebSockets recorded in `session.chat_sockets` (nodes that are killed leave theirs
+    open) are closed before the session, so none is left to the garbage collector.
+    """
+    async with aiohttp.ClientSession() as session:
+        yield session
+        for ws in getattr(session, "chat_sockets", []):
+            await ws.close()
 
 
 REPO: Final = Path(__file__).parents[1]

@@ -1,6 +1,9 @@
 """Helpers shared by test modules (test modules never import each other).
 
-Fixtures live in conftest.py; plain functions and constants live here.
+Fixtures live in conftest.py; plain functions, classes and constants live here, and
+modules import them from here (never from conftest). Hand-made sockets are in
+rawws.py; servers, Redis, nginx and Chromium in serverproc.py, redisproc.py,
+nginxproc.py and browser.py.
 """
 
 from __future__ import annotations
@@ -13,16 +16,28 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.typedefs import LooseHeaders
 
 from chat.app import create_app
 from chat.config import Config, config_from_mapping
 from chat.history import HistoryStore, Message, NewMessage
+from chat.history.memory import MemoryHistory
+from chat.keys import CONFIG as CONFIG_KEY
+from chat.keys import HISTORY
 from chat.protocol import LEGACY_HEARTBEAT
+from chat.server import handler_options
 
 DEADLINE: Final = 5.0  # s: the most any single wait in a test may take
+
+# The longest text a `say` may carry (2000 characters): about 8 KB per message frame.
+LONGEST_TEXT: Final = "\U0001f600" * 2000
+
+# Cluster timings of the tests that run several nodes on one Redis: a dead node is
+# noticed within NODE_TIMEOUT + CLEANUP (contract section 7).
+NODE_TIMEOUT: Final = 1.5  # s: redis.node_timeout
+CLEANUP: Final = 0.2  # s: cleanup.interval
 
 T = TypeVar("T")
 Client = TestClient[Any, Any]
@@ -170,10 +185,63 @@ class Peer:
 
 
 
-async def app_client(aiohttp_client: Any, extra: dict[str, Any] | None = None) -> Client:
-    """The real app for make_config(extra) on a test server."""
-    client: Client = await aiohttp_client(create_app(make_config(extra)))
+Connect = Callable[..., Awaitable[Peer]]
+
+
+async def app_client(
+    aiohttp_client: Any, extra: dict[str, Any] | None = None, *, config: Config | None = None
+) -> Client:
+    """The real app for `config` (else make_config(extra)) on a test server, with the
+    handler options __main__ uses (the header timeout among them)."""
+    server = TestServer(create_app(config if config is not None else make_config(extra)))
+    # TestServer drops keyword arguments given to its constructor; start_server passes
+    # them on to the runner (aiohttp_client then finds the server started).
+    await server.start_server(**handler_options(server.app[CONFIG_KEY]))
+    client: Client = await aiohttp_client(server)
     return client
+
+
+async def connect(client: Client, nick: str | None = None, **kwargs: Any) -> Peer:
+    """Open a WebSocket to the app; `nick=` also says hello."""
+    kwargs.setdefault("autoping", True)
+    peer = Peer(await client.ws_connect("/ws", **kwargs))
+    if nick is not None:
+        await peer.hello(nick)
+    return peer
+
+
+class SlowStorage:
+    """Holds every append of an app's memory store until `release()`: storage made slow.
+
+    A held append behaves like a commit in progress: the store has taken the message,
+    so it is stored on release even if its caller was cancelled meanwhile.
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        store = app[HISTORY]
+        assert isinstance(store, MemoryHistory)
+        self.entered = asyncio.Event()  # an append is waiting
+        self._gate = asyncio.Event()
+        self._commits: set[asyncio.Task[Any]] = set()
+        append = store.append
+
+        async def commit(*args: Any) -> Any:
+            await self._gate.wait()
+            return await append(*args)
+
+        async def held(*args: Any) -> Any:
+            self.entered.set()
+            task = asyncio.ensure_future(commit(*args))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+            return await asyncio.shield(task)
+
+        store.append = held  # type: ignore[method-assign]
+        # Appends now wait: say them so, or the server would handle says where it reads.
+        store.instant = False  # type: ignore[misc]
+
+    def release(self) -> None:
+        self._gate.set()
 
 
 def abort(ws: aiohttp.ClientWebSocketResponse) -> None:

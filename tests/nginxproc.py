@@ -27,7 +27,7 @@ from typing import Any, Final
 import aiohttp
 import pytest
 
-from tests.conftest import Peer, merge
+from tests.helpers import CLEANUP, NODE_TIMEOUT, Peer, merge
 from tests.redisproc import RedisServer, free_port
 from tests.serverproc import ServerProcess, write_config
 
@@ -240,6 +240,16 @@ class Nginx:
             process.send_signal(signal.SIGCONT)  # harmless if it was not stopped
             process.kill()
         process.wait(STOP_TIMEOUT)
+
+
+# The timings of the tests' deployments: a dead node is noticed within a couple of
+# seconds, and a dead client within two.
+CLUSTER_TIMINGS: Final[Mapping[str, Any]] = {
+    "redis": {"node_timeout": NODE_TIMEOUT},
+    "cleanup": {"interval": CLEANUP},
+    "heartbeat": {"interval": 0.5, "timeout": 2},
+    "server": {"shutdown_timeout": 2},
+}
 
 
 class Deployment:

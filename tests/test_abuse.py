@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import logging
-import os
-import struct
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -27,11 +24,12 @@ from tests.helpers import (
     abort,
     app_client,
     assert_still_serves,
+    connect,
     gauge,
     refused,
     until,
 )
-from tests.rawws import masked_frame
+from tests.rawws import close_code, handshake, masked_frame
 
 Client = TestClient[Any, Any]
 
@@ -50,18 +48,6 @@ CLOSE_CODES: Final = frozenset({1000, 1001, 1003, 1007, 1008, 1009, 4000, 4001, 
 
 
 _fuzzers = itertools.count()
-
-
-@pytest.fixture
-async def client(aiohttp_client: Any) -> Client:
-    return await app_client(aiohttp_client)
-
-
-async def connect(client: Client, nick: str | None = None, **kwargs: Any) -> Peer:
-    peer = Peer(await client.ws_connect("/ws", **kwargs))
-    if nick is not None:
-        await peer.hello(nick)
-    return peer
 
 
 async def error_for(peer: Peer, frame: dict[str, Any] | str) -> dict[str, Any]:
@@ -437,14 +423,7 @@ class RawSockets:
     async def upgrade(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A WebSocket opened by hand."""
         reader, writer = await self.open()
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET /ws HTTP/1.1\r\nHost: {self.client.host}:{self.client.port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE)
-        assert head.startswith(b"HTTP/1.1 101"), head
+        await handshake(reader, writer, self.client.host, self.client.port)
         return reader, writer
 
     async def close(self) -> None:
@@ -458,21 +437,6 @@ async def raw(client: Client) -> AsyncIterator[RawSockets]:
     sockets = RawSockets(client)
     yield sockets
     await sockets.close()
-
-
-async def close_code(reader: asyncio.StreamReader) -> int:
-    """The code of the close frame the server sends next (server frames are unmasked)."""
-    while True:
-        head = await asyncio.wait_for(reader.readexactly(2), DEADLINE)
-        length = head[1] & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", await reader.readexactly(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", await reader.readexactly(8))[0]
-        payload = await asyncio.wait_for(reader.readexactly(length), DEADLINE)
-        if head[0] & 0x0F == 0x8:
-            code: int = struct.unpack("!H", payload[:2])[0]
-            return code
 
 
 async def test_fragmented_message_over_max_frame_closes_1009(

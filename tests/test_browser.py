@@ -19,6 +19,7 @@ from tests.browser import (
     CONFIG,
     CONNECTED,
     HEARTBEAT_TIMEOUT,
+    RECONNECT_WAIT,
     WAIT,
     ChatPage,
     OpenPage,
@@ -36,7 +37,6 @@ from tests.serverproc import ServerProcess, write_config
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
 SCREENSHOT: Final = Path(__file__).parents[1] / "docs" / "screenshot.png"
-RECONNECT_WAIT: Final = 10_000  # ms: back-off included, a page must be back within this
 
 async def test_two_users_exchange_messages(open_page: OpenPage) -> None:
     """Two pages sign in to lobby and each sees every message exactly once, in order."""

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -24,7 +22,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from tests.helpers import DEADLINE
-from tests.rawws import masked_frame
+from tests.rawws import masked_frame, raw_ws, read_text_frame
 from tests.serverproc import (
     STARTUP_TIMEOUT,
     ServerProcess,
@@ -93,48 +91,6 @@ async def next_frame(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str
     assert msg.type is WSMsgType.TEXT, msg
     frame: dict[str, Any] = json.loads(msg.data)
     assert frame["type"] == kind, frame
-    return frame
-
-
-# --- a hand-made WebSocket client, for peers that misbehave at the socket level
-
-
-def raw_ws(host: str, port: int) -> socket.socket:
-    """A TCP socket that has completed the WebSocket upgrade of /ws and read nothing else."""
-    sock = socket.create_connection((host, port), timeout=DEADLINE)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)  # byte by byte: nothing after the headers is consumed
-        assert chunk, f"connection closed during the handshake: {head!r}"
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    return sock
-
-
-def read_text_frame(sock: socket.socket) -> dict[str, Any]:
-    """One unmasked, unfragmented server text frame of under 64 KiB, parsed."""
-
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            assert chunk, "connection closed"
-            data += chunk
-        return data
-
-    first, second = exactly(2)
-    assert first == 0x81, hex(first)
-    length = second & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", exactly(2))
-    frame: dict[str, Any] = json.loads(exactly(length))
     return frame
 
 

@@ -34,8 +34,7 @@ from chat.client.state import (
 from chat.keys import METRICS
 from chat.protocol import Close
 from chat.ratelimit import TokenBucket
-from tests.conftest import Connect
-from tests.helpers import DEADLINE, FAST, make_config
+from tests.helpers import DEADLINE, FAST, Connect, make_config
 from tests.serverproc import ServerProcess, server_env, write_config
 
 

@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any, Final
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, async_playwright, expect
 
-from tests.browser import WAIT, ChatPage, launch_chromium
+from tests.browser import RECONNECT_WAIT, WAIT, ChatPage, launch_chromium
 from tests.nginxproc import Deployment, landed, open_on
 
 pytestmark = pytest.mark.browser
-
-NODE_TIMEOUT: Final = 1.5
-CONFIG: Final[dict[str, Any]] = {
-    "redis": {"node_timeout": NODE_TIMEOUT},
-    "cleanup": {"interval": 0.2},
-    "heartbeat": {"interval": 0.5, "timeout": 2},
-    "server": {"shutdown_timeout": 2},
-}
-RECONNECT_WAIT: Final = 10_000  # ms: back-off and failover included
-
-
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    with Deployment(tmp_path, nodes=2, config=CONFIG) as running:
-        yield running
-
 
 @pytest_asyncio.fixture
 async def browser() -> AsyncIterator[Browser]:

@@ -9,14 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.helpers import DEADLINE, Peer
+from tests.helpers import CLEANUP, DEADLINE, NODE_TIMEOUT, Peer
 from tests.redisproc import RedisServer, free_port
 from tests.serverproc import ServerProcess, write_config
-
-NODE_TIMEOUT = 1.5
-CLEANUP = 0.2
 
 
 def node_config(tmp_path: Path, url: str, name: str) -> Path:
@@ -39,15 +35,6 @@ def start_node(tmp_path: Path, url: str, name: str) -> ServerProcess:
     node = ServerProcess("--config", str(config), cwd=config.parent)
     node.start()
     return node
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as session:
-        yield session
-        # Close every WebSocket, also those whose node was killed, before the session.
-        for ws in getattr(session, "chat_sockets", []):
-            await ws.close()
 
 
 async def connect(http: aiohttp.ClientSession, node: ServerProcess, nick: str | None = None,

@@ -9,44 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from chat.client import ChatClient
-from tests.conftest import Peer
-from tests.nginxproc import WAIT, Deployment, Reader, Seen, landed, open_on
+from tests.helpers import CLEANUP, NODE_TIMEOUT, Peer, merge
+from tests.nginxproc import CLUSTER_TIMINGS, WAIT, Deployment, Reader, Seen, landed, open_on
 
-NODE_TIMEOUT: Final = 1.5
-CLEANUP: Final = 0.2
-HEARTBEAT: Final = {"interval": 0.5, "timeout": 2}
 # A node's death is noticed within node_timeout + cleanup.interval (contract section 7);
 # this much more is allowed for a Redis round trip and pub/sub on a busy 2-core machine.
 SLACK: Final = 1.0
 
-CONFIG: Final[dict[str, Any]] = {
-    "redis": {"node_timeout": NODE_TIMEOUT},
-    "cleanup": {"interval": CLEANUP},
-    "heartbeat": HEARTBEAT,
-    "server": {"shutdown_timeout": 2},
-    "limits": {"rate": {"messages": 1000, "per": 1, "burst": 1000}},
-}
-
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    with Deployment(tmp_path, nodes=2, config=CONFIG) as running:
-        yield running
-
-
-@pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+def deployment_config() -> dict[str, Any]:
+    """The deployment's timings, and a rate limit that the clients here never reach."""
+    return merge(dict(CLUSTER_TIMINGS), {"limits": {"rate": {"messages": 1000, "burst": 1000}}})
 
 
 async def test_client_moves_to_the_surviving_node_without_loss_or_duplicates(

@@ -7,8 +7,7 @@ from typing import Any
 
 from chat.app import create_app
 from chat.keys import HISTORY
-from tests.conftest import Connect
-from tests.helpers import make_config
+from tests.helpers import Connect, make_config
 
 
 async def test_healthz(client: Any) -> None:

@@ -30,8 +30,7 @@ from tests.browser import (
     start_server,
     welcome_for,
 )
-from tests.conftest import Peer
-from tests.helpers import until
+from tests.helpers import Peer, until
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]

@@ -26,7 +26,7 @@ from tests.browser import (
     start_server,
     welcome_for,
 )
-from tests.conftest import Peer
+from tests.helpers import Peer
 from tests.serverproc import ServerProcess, write_config
 
 DASH: Final = "\N{EN DASH}"  # the title's separator

@@ -19,7 +19,7 @@ from tests.browser import (
     browser_fixture,  # noqa: F401 (fixtures, found by pytest under their names)
     start_server,
 )
-from tests.conftest import make_config
+from tests.helpers import make_config
 from tests.nginxproc import Nginx
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]

@@ -16,7 +16,7 @@ from tests.browser import (
     ChatPage,
     browser_fixture,  # noqa: F401 (a fixture, found by pytest under its name)
 )
-from tests.conftest import merge
+from tests.helpers import merge
 from tests.serverproc import ServerProcess, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]

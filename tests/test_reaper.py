@@ -9,8 +9,7 @@ import aiohttp
 
 from chat.app import create_app
 from chat.keys import CONFIG, HUB
-from tests.conftest import Connect, SlowStorage
-from tests.helpers import Peer, gauge, make_config
+from tests.helpers import Connect, Peer, SlowStorage, gauge, make_config
 
 # FAST config: heartbeat.interval 0.2, heartbeat.timeout 0.6, cleanup.interval 0.1.
 SLACK = 0.5  # s of scheduling slack on a loaded 2-core machine

@@ -18,11 +18,11 @@ from typing import Final
 import aiohttp
 import pytest
 
-from tests.helpers import DEADLINE, Peer
+from tests.helpers import DEADLINE, LONGEST_TEXT, Peer
 from tests.rawws import RawWebSocket
 from tests.serverproc import ServerProcess, write_config
 
-TEXT: Final = "\U0001f600" * 2000  # the longest text: about 8 KB per message frame
+TEXT: Final = LONGEST_TEXT  # about 8 KB per message frame
 STORED: Final = 600  # about 5 MB of messages in the room
 RECOVER: Final = 20
 ATTACKERS: Final = 6

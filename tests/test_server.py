@@ -14,8 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from chat import server
 from chat.server import ACCEPT_OUT_OF_RESOURCES, AcceptErrorLog, log_due
-from tests.conftest import serve
-from tests.helpers import DEADLINE, Peer, make_config
+from tests.helpers import DEADLINE, Peer, app_client, make_config
 from tests.serverproc import ServerProcess, write_config
 
 Client = TestClient[Any, Any]
@@ -30,7 +29,7 @@ async def client(aiohttp_client: Any) -> Client:
         "server": {"header_timeout": HEADER_TIMEOUT},
         "heartbeat": {"interval": 10, "timeout": 30},  # only the header timeout may act
     })
-    return await serve(aiohttp_client, config)
+    return await app_client(aiohttp_client, config=config)
 
 
 async def closed_after(reader: asyncio.StreamReader) -> float:

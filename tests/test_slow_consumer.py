@@ -11,17 +11,25 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
-from chat.app import create_app
 from chat.keys import HUB
 from chat.protocol import Close, nick_key
-from tests.helpers import DEADLINE, Peer, gauge, make_config, merge, until
+from tests.helpers import (
+    DEADLINE,
+    LONGEST_TEXT,
+    Peer,
+    app_client,
+    gauge,
+    make_config,
+    merge,
+    until,
+)
 
 Client = TestClient[Any, Any]
 
 SEND_BUFFER: Final = 50_000
-# The longest text allowed, in 4-byte characters: about 8 KB per message frame, so the
-# loopback socket buffers (some MB) fill after a few hundred messages.
-TEXT: Final = "\U0001f600" * 2000
+# The longest text allowed: the loopback socket buffers (some MB) fill after a few
+# hundred messages.
+TEXT: Final = LONGEST_TEXT
 BATCH: Final = 4  # says in flight at once: their replies stay well under SEND_BUFFER
 FLOOD_DEADLINE: Final = 15.0
 BACKLOG: Final = 20  # messages of TEXT: a recovery of them is over three send_buffers
@@ -34,8 +42,7 @@ async def client(aiohttp_client: Any) -> Client:
         # The stuck client sends nothing: the heartbeat must not be what drops it.
         "heartbeat": {"interval": 10, "timeout": 30},
     })
-    result: Client = await aiohttp_client(create_app(config))
-    return result
+    return await app_client(aiohttp_client, config=config)
 
 
 async def collect(
@@ -190,7 +197,7 @@ async def test_recovery_larger_than_send_buffer_during_live_traffic(
         "limits": {"send_buffer": SEND_BUFFER},
         "heartbeat": {"interval": 10, "timeout": 30},
     }))
-    client: Client = await aiohttp_client(create_app(config))
+    client = await app_client(aiohttp_client, config=config)
     talker = Peer(await client.ws_connect("/ws"))
     await talker.hello("talker")
     joined = await talker.join("busy")

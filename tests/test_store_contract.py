@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,6 @@ NewStore = Callable[..., Awaitable[HistoryStore]]
 _PREFIXES = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the module; each store gets a key prefix of its own."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
@@ -55,7 +48,8 @@ async def new_store(
         if backend == "sqlite":
             extra["history"]["path"] = str(tmp_path / f"store{len(opened)}.db")
         elif backend == "redis":
-            server: RedisServer = request.getfixturevalue("redis_server")
+            # One server for the module (conftest's shared_redis), a prefix per store.
+            server: RedisServer = request.getfixturevalue("shared_redis")
             extra["redis"] = {"url": server.url, "prefix": f"t{next(_PREFIXES)}"}
         config = make_config(extra)
         metrics = Metrics()

@@ -23,6 +23,7 @@ from tests.helpers import (
     refused,
     until,
 )
+from tests.rawws import upgrade_request
 
 
 async def accepted(client: Client, headers: LooseHeaders | None = None) -> Peer:
@@ -273,11 +274,7 @@ async def test_client_gone_during_upgrade_is_not_logged_as_error(
     caplog.set_level(logging.DEBUG)
     client = await app_client(aiohttp_client)
     hub = client.app[HUB]
-    request = (
-        f"GET /ws HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
+    request = upgrade_request(client.host, client.port)
     for _ in range(20):
         _, writer = await asyncio.open_connection(client.host, client.port)
         # Linger 0: closing sends a reset, as a client that gives up does.

@@ -9,8 +9,7 @@ from aiohttp import WSMsgType
 
 from chat.app import create_app
 from chat.keys import HUB
-from tests.conftest import Connect
-from tests.helpers import Client, Peer, assert_still_serves, make_config
+from tests.helpers import Client, Connect, Peer, assert_still_serves, make_config
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from chat.app import create_app
-from tests.conftest import Connect, SlowStorage
-from tests.helpers import Peer, make_config
+from tests.helpers import Connect, Peer, SlowStorage, make_config
 
 
 async def test_join_answers_joined_and_tells_others(connect: Connect) -> None:

@@ -8,8 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from chat.keys import CONFIG, HUB
-from tests.conftest import Connect
-from tests.helpers import make_config
+from tests.helpers import Connect, make_config
 
 
 async def test_welcome_carries_session_heartbeat_and_limits(connect: Connect, client: Any) -> None:
