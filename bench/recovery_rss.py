@@ -24,7 +24,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Peer  # noqa: E402
+from tests.helpers import Peer  # noqa: E402
 from tests.rawws import RawWebSocket  # noqa: E402
 from tests.serverproc import ServerProcess, server_env, write_config  # noqa: E402
 from tests.test_recovery_abuse import fill, keep_alive, rss  # noqa: E402
