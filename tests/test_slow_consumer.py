@@ -32,6 +32,7 @@ SEND_BUFFER: Final = 50_000
 TEXT: Final = LONGEST_TEXT
 BATCH: Final = 4  # says in flight at once: their replies stay well under SEND_BUFFER
 FLOOD_DEADLINE: Final = 15.0
+RECOVER: Final = 100  # history.recover in the recovery test
 BACKLOG: Final = 20  # messages of TEXT: a recovery of them is over three send_buffers
 
 
@@ -193,7 +194,7 @@ async def test_recovery_larger_than_send_buffer_during_live_traffic(
     4001: 20 tries on each backend (on Redis the live messages reach the node by pub/sub,
     on their own connection, while the recovery is read from the stream)."""
     config = make_config(merge(backend_config(backend, request, tmp_path), {
-        "history": {"recover": 100},
+        "history": {"recover": RECOVER},
         "limits": {"send_buffer": SEND_BUFFER},
         "heartbeat": {"interval": 10, "timeout": 30},
     }))
@@ -210,11 +211,14 @@ async def test_recovery_larger_than_send_buffer_during_live_traffic(
     await churner.hello("churner")
 
     async def talk() -> None:
-        """Live traffic: small says, one in flight at a time, until told to stop."""
+        """Live traffic: says one in flight at a time, until told to stop. Each is large
+        enough that the newest `recover` messages alone exceed SEND_BUFFER, so every
+        recovery is over it however many live messages replaced the backlog (on a fast
+        backend, hundreds do)."""
         n = 0
         while not stop.is_set():
             n += 1
-            await talker.say("busy", f"live {n}")
+            await talker.say("busy", f"live {n} " + "x" * (2 * SEND_BUFFER // RECOVER))
 
     async def churn() -> None:
         """More live traffic: presence events, which carry no id and are always released."""
