@@ -12,6 +12,10 @@ SQLite file in a temporary directory), then measures:
    for `--rate-seconds` (open loop: sends follow the clock, not the acks); p50/p99/max
    of the time from sending a `say` to receiving its `ack`.
 
+With the throughput it prints the CPU time per acknowledged say of the server's event
+loop (its main thread), of its other threads (SQLite's database thread) and of the
+load generator (this process), read from /proc.
+
 It prints one table. Figures go in docs/benchmarks.md; nothing here asserts on time.
 """
 
@@ -29,7 +33,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from common import ChatProcess  # bench/ is sys.path[0] when run as a script
+from common import ChatProcess, thread_cpu_seconds  # bench/ is sys.path[0] when run as a script
 
 
 class Server(ChatProcess):
@@ -133,7 +137,12 @@ async def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             ) as http:
                 senders = await connect_all(server.url, args.senders, http)
                 await throughput(senders, 1.0)  # warm up
+                pid = server.proc.pid
+                before, gen_before = thread_cpu_seconds(pid), time.process_time()
+                started = time.perf_counter()
                 rate = await throughput(senders, args.seconds)
+                says = rate * (time.perf_counter() - started)
+                after, gen = thread_cpu_seconds(pid), time.process_time() - gen_before
                 lat = await latency(senders, args.rate, args.rate_seconds)
                 for sender in senders:
                     await sender.ws.close()
@@ -147,6 +156,12 @@ async def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         "p99": pct(lat, 0.99),
         "max": lat[-1] * 1000,
         "mean": statistics.fmean(lat) * 1000,
+        # CPU µs per acknowledged say in the throughput phase: the server's main thread
+        # (the event loop), its other threads (SQLite's database thread), this process.
+        "loop": (after["main"] - before["main"]) / says * 1e6,
+        "threads": sum(after[name] - before.get(name, 0.0)
+                       for name in after if name != "main") / says * 1e6,
+        "gen": gen / says * 1e6,
     }
 
 
@@ -173,10 +188,12 @@ def main() -> None:
           f"Python {platform.python_version()}, {platform.platform()}")
     print(f"{args.senders} senders, one say in flight each; latency at {args.rate:g}/s; "
           f"median of {args.repeat} interleaved runs")
-    print(f"{'backend':8} {'acked say/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"{'backend':8} {'acked say/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+          "  CPU µs/say: loop  other threads  load")
     for r in results:
         print(f"{r['backend']:8} {r['throughput']:12.0f} {r['p50']:8.2f} "
-              f"{r['p99']:8.2f} {r['max']:8.2f}")
+              f"{r['p99']:8.2f} {r['max']:8.2f}  {r['loop']:15.0f} {r['threads']:14.0f}"
+              f" {r['gen']:5.0f}")
     if len(results) == 2:
         first, second = backends
         print(f"{second} / {first} throughput: "
