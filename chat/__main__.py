@@ -137,6 +137,8 @@ async def serve(
         await runner.cleanup()
         raise StartupError(str(err)) from None
     server.tune_gc()
+    if not server.tune_malloc():
+        logger.debug("malloc thresholds not set: no glibc")
     site: web.BaseSite
     if isinstance(loop, asyncio.BaseEventLoop):
         site = web.TCPSite(runner, config.server.host, config.server.port)

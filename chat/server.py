@@ -8,6 +8,8 @@ to their test server.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import errno
 import gc
 import logging
@@ -129,6 +131,39 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+# glibc's mallopt parameters (malloc.h) and the values the server fixes them at.
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+MMAP_THRESHOLD: Final = 1 << 20  # bytes: smaller blocks come from the heap
+TRIM_THRESHOLD: Final = 4 << 20  # bytes: free space kept at the heap's top
+
+
+def tune_malloc() -> bool:
+    """Fix glibc malloc's thresholds; once, at start. False where there is no glibc.
+
+    asyncio reads a socket into a new 256 KiB buffer and then shrinks it to what
+    arrived. Left to itself, glibc moves the size above which it maps a block and the
+    free space at the top of the heap it hands back as the process runs, and depending
+    on the heap's layout at start each such read either grew and trimmed the heap top
+    or mapped and unmapped its buffer: system calls and fresh zeroed pages per read.
+    Measured with 2000 idle connections pinging (asyncio loop): 70-80 us of CPU per
+    ping against 45-50 us, decided by something as unrelated as which modules were
+    imported at start. Fixed thresholds keep those buffers in the heap whatever its
+    layout, for at most TRIM_THRESHOLD of free memory kept. uvloop reads into a buffer
+    of its own and is not affected.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (musl, macOS): nothing to tune
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    # Setting the mmap threshold also turns off glibc's moving of both thresholds.
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 def prepare_process(loop: asyncio.AbstractEventLoop) -> None:

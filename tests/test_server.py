@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -197,6 +198,12 @@ def test_open_file_limit_raised_to_hard_limit(tmp_path: Path) -> None:
     assert f"INFO chat.server: open-file limit: {2 * NOFILE} (hard limit {2 * NOFILE})" in line
     assert any(row.startswith("Max open files") and row.split()[3:5] == [str(2 * NOFILE)] * 2
                for row in limits.splitlines())
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_tune_malloc_fixes_glibc_thresholds() -> None:
+    """On glibc both thresholds are set (mallopt answers 1 for each)."""
+    assert server.tune_malloc() is True
 
 
 def test_tune_gc_freezes_start_up_and_collects_young_objects_less_often() -> None:
