@@ -20,12 +20,15 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.typedefs import LooseHeaders
 
-from chat.app import create_app
+from chat.app import create_app, make_backend
+from chat.cluster import Cluster
 from chat.config import Config, config_from_mapping
 from chat.history import HistoryStore, Message, NewMessage
 from chat.history.memory import MemoryHistory
+from chat.hub import Hub
 from chat.keys import CONFIG as CONFIG_KEY
 from chat.keys import HISTORY
+from chat.metrics import Metrics
 from chat.protocol import LEGACY_HEARTBEAT
 from chat.server import handler_options
 
@@ -302,3 +305,18 @@ async def epoch_of(store: HistoryStore, room: str = "any") -> str:
 
 def ids(messages: list[Message]) -> list[int]:
     return [m.id for m in messages]
+
+
+async def open_backend(config: Config, metrics: Metrics) -> tuple[HistoryStore, Cluster]:
+    """The history store and cluster `make_backend` builds for `config`, opened and started
+    as the app does, with a hub attached (a cluster reports to its node)."""
+    store, cluster = make_backend(config, metrics)
+    Hub(config, store, metrics, cluster)
+    await within(store.open())
+    await within(cluster.start())
+    return store, cluster
+
+
+async def close_backend(store: HistoryStore, cluster: Cluster) -> None:
+    await within(cluster.stop())
+    await within(store.close())

@@ -81,21 +81,29 @@ async def test_signed_out_until_welcome_and_focus_follows_sign_in_and_rooms(
     alice.assert_no_page_errors()
 
 
+TOKEN_SECRET: Final = "browser-test-secret-of-32-bytes-at-least"
+
+
+def token_server(servers: list[ServerProcess], tmp_path: Path) -> ServerProcess:
+    """A server in token mode (auth.secret TOKEN_SECRET), stopped with the test's others."""
+    token_dir = tmp_path / "token-mode"
+    token_dir.mkdir()
+    write_config(token_dir, {**CONFIG, "auth": {"secret": TOKEN_SECRET}})
+    server = start_server(token_dir)
+    servers.append(server)
+    return server
+
+
 async def test_focus_moves_to_the_message_box_after_a_token_sign_in(
     browser: Browser, servers: list[ServerProcess], tmp_path: Path
 ) -> None:
     """Token mode: after pasting a token and pressing Enter, typing goes to the message."""
-    token_dir = tmp_path / "token-mode"
-    token_dir.mkdir()
-    secret = "browser-test-secret-of-32-bytes-at-least"
-    write_config(token_dir, {**CONFIG, "auth": {"secret": secret}})
-    server = start_server(token_dir)
-    servers.append(server)
+    server = token_server(servers, tmp_path)
     dave = await ChatPage.open(browser, f"{server.url}/")
     try:
         await expect(dave.status).to_have_text("signed out")
         await expect(dave.page.locator("#token")).to_be_focused()
-        await dave.page.locator("#token").fill(issue_token("dave", secret))
+        await dave.page.locator("#token").fill(issue_token("dave", TOKEN_SECRET))
         await dave.page.locator("#token").press("Enter")
         await dave.joined("dave")
         await expect(dave.page.locator("#text")).to_be_focused()
@@ -122,12 +130,7 @@ async def test_a_refused_token_says_so_and_offers_no_reconnect(
     browser: Browser, servers: list[ServerProcess], tmp_path: Path
 ) -> None:
     """A refused token: the status says so and "Reconnect now" is not offered."""
-    token_dir = tmp_path / "token-mode"
-    token_dir.mkdir()
-    secret = "browser-test-secret-of-32-bytes-at-least"
-    write_config(token_dir, {**CONFIG, "auth": {"secret": secret}})
-    server = start_server(token_dir)
-    servers.append(server)
+    server = token_server(servers, tmp_path)
     carol = await ChatPage.open(browser, f"{server.url}/#token=not-a-token")
     try:
         await expect(carol.status).to_have_text("signed out: token refused")

@@ -14,14 +14,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from chat.app import create_app, make_backend
+from chat.app import create_app
 from chat.cluster import Cluster
 from chat.history import BackendUnavailable, HistoryStore, NewMessage
 from chat.history.redis import ROUND_LIMIT
-from chat.hub import Hub
 from chat.keys import METRICS
 from chat.metrics import Metrics
-from tests.helpers import Peer, make_config, within
+from tests.helpers import Peer, close_backend, make_config, open_backend, within
 from tests.redisproc import RedisServer
 
 Opened = tuple[HistoryStore, Metrics]
@@ -38,17 +37,13 @@ async def open_store(redis_server: RedisServer) -> AsyncIterator[Callable[[], Aw
             "redis": {"url": redis_server.url, "prefix": f"t{uuid.uuid4().hex}"},
         })
         metrics = Metrics()
-        store, cluster = make_backend(config, metrics)
-        Hub(config, store, metrics, cluster)  # the cluster reports to a node: attach one
-        await within(store.open())
-        await within(cluster.start())
+        store, cluster = await open_backend(config, metrics)
         opened.append((store, cluster))
         return store, metrics
 
     yield make
     for store, cluster in reversed(opened):
-        await within(cluster.stop())
-        await within(store.close())
+        await close_backend(store, cluster)
 
 
 def rounds(metrics: Metrics) -> list[float]:

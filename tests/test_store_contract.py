@@ -18,9 +18,17 @@ import pytest
 from chat.app import make_backend
 from chat.cluster import Cluster
 from chat.history import BACKENDS, HistoryOpenError, HistoryStore, Message, NewMessage
-from chat.hub import Hub
 from chat.metrics import Metrics
-from tests.helpers import append, epoch_of, fill, ids, make_config, within
+from tests.helpers import (
+    append,
+    close_backend,
+    epoch_of,
+    fill,
+    ids,
+    make_config,
+    open_backend,
+    within,
+)
 from tests.redisproc import RedisServer
 
 NewStore = Callable[..., Awaitable[HistoryStore]]
@@ -51,19 +59,13 @@ async def new_store(
             # One server for the module (conftest's shared_redis), a prefix per store.
             server: RedisServer = request.getfixturevalue("shared_redis")
             extra["redis"] = {"url": server.url, "prefix": f"t{next(_PREFIXES)}"}
-        config = make_config(extra)
-        metrics = Metrics()
-        store, cluster = make_backend(config, metrics)
-        Hub(config, store, metrics, cluster)  # the cluster reports to a node: attach one
-        await within(store.open())
-        await within(cluster.start())
+        store, cluster = await open_backend(make_config(extra), Metrics())
         opened.append((store, cluster))
         return store
 
     yield make
     for store, cluster in reversed(opened):
-        await within(cluster.stop())
-        await within(store.close())
+        await close_backend(store, cluster)
 
 
 def test_every_registered_backend_is_built() -> None:
