@@ -1,6 +1,6 @@
 """Benchmark the CPU one delivery costs: one memory node against two nodes on Redis.
 
-    .venv/bin/pip install psutil uvloop   # psutil is required; uvloop, if present, runs the load
+    .venv/bin/pip install uvloop   # if present, it runs the load
     .venv/bin/python bench/fanout.py [--receivers 500] [--messages 1000] [--rate 100]
                                      [--repeat 3] [--drain 10] [--setups memory,cluster]
 
@@ -25,7 +25,7 @@ send. Printed per run:
 - deliveries/s: `message` frames the receivers got (the sender's own copy not counted),
   over the window; `lost`: receivers x messages minus that;
 - latency p50/p99/max from send to receipt (at most 500 receivers record it);
-- CPU µs per delivery: user + system CPU time (psutil) of the nodes, and of
+- CPU µs per delivery: user + system CPU time (/proc) of the nodes, and of
   redis-server, over the window only, divided by the deliveries; `nodes+redis` the sum;
 - `srv%`: the servers' CPU over the window, in % of one CPU (near 100: CPU 0 is full,
   the figure is the server's ceiling); `load%`: this process's own; `others`: cores the
@@ -53,12 +53,13 @@ from typing import Any
 
 import aiohttp
 import orjson
-from common import ROOT, ChatProcess, pinned  # bench/ is sys.path[0] when run as a script
-
-try:
-    import psutil
-except ImportError:  # pragma: no cover
-    raise SystemExit("bench/fanout.py needs psutil: .venv/bin/pip install psutil") from None
+from common import (  # bench/ is sys.path[0] when run as a script
+    ROOT,
+    ChatProcess,
+    busy_seconds,
+    cpu_seconds,
+    pinned,
+)
 
 sys.path.insert(0, str(ROOT))
 from tests.redisproc import RedisServer
@@ -188,17 +189,6 @@ async def say_at_rate(ws: aiohttp.ClientWebSocketResponse, first: int, count: in
     return time.perf_counter()
 
 
-def cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
-def busy() -> float:
-    """CPU seconds the whole machine spent busy so far, all cores."""
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
-
-
 async def run(setup: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -252,11 +242,11 @@ async def measure(setup: str, args: argparse.Namespace, http: aiohttp.ClientSess
     await asyncio.sleep(0.5)
     tally.reset(receivers * args.messages)
 
-    servers = {f"node{n}": psutil.Process(node.proc.pid) for n, node in enumerate(nodes)}
+    servers = {f"node{n}": node.proc.pid for n, node in enumerate(nodes)}
     if redis is not None and redis.process is not None:
-        servers["redis"] = psutil.Process(redis.process.pid)
-    before = {name: cpu(p) for name, p in servers.items()}
-    busy_before, load_before = busy(), time.process_time()
+        servers["redis"] = redis.process.pid
+    before = {name: cpu_seconds(pid) for name, pid in servers.items()}
+    busy_before, load_before = busy_seconds(), time.process_time()
     start = time.perf_counter()
     last_sent = await say_at_rate(sender, warmup, args.messages, args.rate)
     try:
@@ -265,10 +255,10 @@ async def measure(setup: str, args: argparse.Namespace, http: aiohttp.ClientSess
     except TimeoutError:
         pass
     end = tally.last if tally.done.is_set() else time.perf_counter()
-    spent = {name: cpu(p) - before[name] for name, p in servers.items()}
+    spent = {name: cpu_seconds(pid) - before[name] for name, pid in servers.items()}
     load = time.process_time() - load_before
     wall = end - start
-    others = (busy() - busy_before - sum(spent.values()) - load) / wall
+    others = (busy_seconds() - busy_before - sum(spent.values()) - load) / wall
     received = tally.received
     for task in tasks:
         task.cancel()
