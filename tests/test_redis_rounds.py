@@ -7,15 +7,18 @@ the real app on a real socket for the feed that carries a round's messages to me
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection as RedisConnection
 
 from chat.app import create_app
 from chat.cluster import Cluster
+from chat.cluster.redis_link import pack
 from chat.history import BackendUnavailable, HistoryStore, NewMessage
 from chat.history.redis import ROUND_LIMIT
 from chat.keys import METRICS
@@ -161,3 +164,33 @@ async def test_a_round_reaches_the_other_node_whole_and_in_order(
     count, says = rounds(a.app[METRICS])
     assert says > count
 
+
+
+def test_pack_writes_what_redis_py_writes() -> None:
+    """The lane packs its own commands: byte for byte what redis-py would send."""
+    args = (b"EVALSHA", "sha", 3, 0, -7, 2**63 - 1, "", b"", "é{room}", b"a\r\nb\x00",
+            b'{"type":"message","room":"\xc3\xa9","id":', "x" * 70_000)
+    assert pack(args) == b"".join(RedisConnection().pack_command(*args))
+
+
+async def test_a_round_cut_off_by_a_timeout_leaves_no_reply_behind(
+    open_store: Any, redis_server: RedisServer
+) -> None:
+    """A round whose reply did not come in time fails, and the rounds' connection does not
+    hand its late reply to the next round: each answer is its own say's."""
+    store, _ = await open_store()
+    await within(store.append(say("a", "one", "c1")))
+    redis_server.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await within(store.append(say("a", "two", "c2")))
+    finally:
+        redis_server.signal(signal.SIGCONT)
+    # Redis may still run the cut-off script (its bytes were sent): the client would
+    # re-send it by cid. Either way the next say is answered with its own id and text.
+    message, created = await within(store.append(say("a", "three", "c3")))
+    assert created and message.text == "three"
+    page = await within(store.page("a", None, 10))
+    assert [m.text for m in page.messages if m.id == message.id] == ["three"]
+    again, created = await within(store.append(say("a", "three", "c3")))
+    assert (again, created) == (message, False)

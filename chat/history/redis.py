@@ -11,6 +11,7 @@ happens on every node through the room's feed (chat.cluster.redis_cluster), not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from typing import Any, Final
@@ -61,12 +62,19 @@ class RedisHistory:
         self._on_commit = on_commit
         self._queue: list[_Queued] = []
         self._rounds: asyncio.Task[None] | None = None
+        # The rounds' own connection: one round is in flight at a time.
+        self._lane = link.lane()
 
     async def open(self) -> None:
         pass  # the cluster connects; a node starts even while Redis is away
 
     async def close(self) -> None:
-        pass
+        # After every connection has closed: a round still in flight ends with its reply
+        # or its error (within the link's timeout), then the lane's connection goes back.
+        if self._rounds is not None:
+            await asyncio.wait({self._rounds})
+        with contextlib.suppress(Exception):
+            await self._lane.close()
 
     async def check(self) -> str:
         if not self.link.up:
@@ -135,14 +143,13 @@ class RedisHistory:
             for new, _ in queued:
                 head, tail = _frame_parts(room, new.nick, new.text, new.ts, new.cid)
                 says += (new.key, new.cid or "", head, tail)
-        command = (self.link.say.sha, len(names), *names, *args, *says)
-        client = self.link.client
+        command = (b"EVALSHA", self.link.say.sha, len(names), *names, *args, *says)
         try:
-            reply: list[Any] = await self.link.run(client.evalsha(*command))
+            reply: list[Any] = await self.link.run(self._lane.call(*command))
         except NoScriptError:
             # The script did not run: safe to send it again once Redis has it.
-            await self.link.run(client.script_load(scripts.SAY))
-            reply = await self.link.run(client.evalsha(*command))
+            await self.link.run(self.link.client.script_load(scripts.SAY))
+            reply = await self.link.run(self._lane.call(*command))
         return reply
 
     async def find(self, room: str, key: str, cid: str) -> Message | None:
