@@ -23,7 +23,7 @@ from chat.history import BackendUnavailable, HistoryStore, NewMessage
 from chat.history.redis import ROUND_LIMIT
 from chat.keys import METRICS
 from chat.metrics import Metrics
-from tests.helpers import Peer, close_backend, make_config, open_backend, within
+from tests.helpers import DEADLINE, Peer, close_backend, make_config, open_backend, within
 from tests.redisproc import RedisServer
 
 Opened = tuple[HistoryStore, Metrics]
@@ -194,3 +194,19 @@ async def test_a_round_cut_off_by_a_timeout_leaves_no_reply_behind(
     assert [m.text for m in page.messages if m.id == message.id] == ["three"]
     again, created = await within(store.append(say("a", "three", "c3")))
     assert (again, created) == (message, False)
+
+
+async def test_a_connection_redis_closed_while_idle_is_replaced_before_a_round(
+    open_store: Any, redis_server: RedisServer
+) -> None:
+    """Redis closes idle clients (its `timeout` setting) or is told to: the next round
+    goes out on a new connection instead of failing on the dead one."""
+    store, _ = await open_store()
+    await within(store.append(say("a", "one", "c1")))
+    redis_server.command("CLIENT", "KILL", "TYPE", "normal")
+    lane = store._lane  # the rounds' connection, as the event loop sees it
+    async with asyncio.timeout(DEADLINE):
+        while not await lane.stale():  # noqa: ASYNC110 (state the event loop changes)
+            await asyncio.sleep(0.005)
+    message, created = await within(store.append(say("a", "two", "c2")))
+    assert created and (message.id, message.text) == (2, "two")

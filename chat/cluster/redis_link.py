@@ -263,6 +263,11 @@ class Lane:
             conn = self._conn
             if conn is None:
                 conn = self._conn = await self._pool.get_connection()
+            elif await self.stale():
+                # As the pool checks each connection it hands out: one that Redis closed
+                # while it sat idle (its `timeout` setting, a restart, CLIENT KILL) is
+                # replaced before it carries a round, not found dead by the round.
+                await conn.disconnect()
             # redis-py disconnects after a failed write or read (a timeout, a reset, a
             # cancellation), so a reply never arrives for the wrong command; an error reply
             # leaves the connection usable.
@@ -270,6 +275,18 @@ class Lane:
             return await conn.read_response()
         finally:
             self._busy = False
+
+    async def stale(self) -> bool:
+        """Whether the kept connection is open but cannot carry a command as it is: Redis
+        closed it, or it holds bytes nobody asked for. (No system call: redis-py looks at
+        what the event loop has already read.)"""
+        conn = self._conn
+        if conn is None or not conn.is_connected:
+            return False
+        try:
+            return bool(await conn.can_read())
+        except (RedisConnectionError, OSError):
+            return True
 
     async def close(self) -> None:
         """Give the connection back to the pool (closed with the client)."""
