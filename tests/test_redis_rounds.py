@@ -165,7 +165,6 @@ async def test_a_round_reaches_the_other_node_whole_and_in_order(
     assert says > count
 
 
-
 def test_pack_writes_what_redis_py_writes() -> None:
     """The lane packs its own commands: byte for byte what redis-py would send."""
     args = (b"EVALSHA", "sha", 3, 0, -7, 2**63 - 1, "", b"", "é{room}", b"a\r\nb\x00",
