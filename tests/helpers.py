@@ -285,6 +285,27 @@ async def assert_still_serves(client: Client) -> None:
 # ------------------------------------------------------------------ stores
 
 
+# The limit the join-flood tests set: a burst of four joins or leaves, then one a minute.
+TIGHT_JOINS: Final = {"limits": {"join_rate": {"messages": 1, "per": 60, "burst": 4}}}
+
+
+async def flood_joins(flooder: Peer, watcher: Peer) -> None:
+    """The join/leave flood as an attacker sent it (pairs sent without reading the
+    answers) under TIGHT_JOINS: the burst is served, then ten `rate_limited` in a row close
+    the flooder with 1008, and `watcher`, a member of lobby, sees only the burst's presence."""
+    for _ in range(50):
+        await flooder.send({"type": "join", "room": "lobby"})
+        await flooder.send({"type": "leave", "room": "lobby"})
+    answers = []
+    while len(answers) < 14:
+        frame = await flooder.recv()
+        answers.append(frame.get("code", frame["type"]))
+    assert answers == ["joined", "left"] * 2 + ["rate_limited"] * 10
+    assert await flooder.closed() == 1008
+    events = [(await watcher.next_is("presence"))["event"] for _ in range(4)]
+    assert events == ["join", "leave", "join", "leave"]
+
+
 async def fill(store: HistoryStore, room: str, count: int, *, key: str = "alice") -> None:
     """Append m1..m<count> to `room`, said by `key`."""
     for n in range(1, count + 1):

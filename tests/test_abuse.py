@@ -20,11 +20,13 @@ from chat.keys import HUB
 from chat.protocol import LEGACY_HEARTBEAT
 from tests.helpers import (
     DEADLINE,
+    TIGHT_JOINS,
     Peer,
     abort,
     app_client,
     assert_still_serves,
     connect,
+    flood_joins,
     gauge,
     refused,
     until,
@@ -318,23 +320,11 @@ async def test_join_leave_flood_ends_with_1008(aiohttp_client: Any) -> None:
     """The attack as made (join/leave pairs sent without reading the answers): the burst
     is served, then ten rate_limited in a row close the connection with 1008; the other
     members saw only the burst's presence frames."""
-    client = await app_client(
-        aiohttp_client, {"limits": {"join_rate": {"messages": 1, "per": 60, "burst": 4}}}
-    )
+    client = await app_client(aiohttp_client, TIGHT_JOINS)
     peer = await connect(client, "alice")
     watcher = await connect(client, "watcher")
     await watcher.join("lobby")
-    for _ in range(50):
-        await peer.send({"type": "join", "room": "lobby"})
-        await peer.send({"type": "leave", "room": "lobby"})
-    answers = []
-    while len(answers) < 14:
-        frame = await peer.recv()
-        answers.append(frame.get("code", frame["type"]))
-    assert answers == ["joined", "left"] * 2 + ["rate_limited"] * 10
-    assert await peer.closed() == 1008
-    events = [(await watcher.next_is("presence"))["event"] for _ in range(4)]
-    assert events == ["join", "leave", "join", "leave"]
+    await flood_joins(peer, watcher)
     # The flooder's session ended outside the room: no presence for it after the burst.
     assert await watcher.quiet(0.2) == []
     await assert_still_serves(client)

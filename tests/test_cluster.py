@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from chat.app import create_app
 from chat.config import Config
 from chat.keys import HUB, METRICS
-from tests.helpers import DEADLINE, Peer, make_config, merge, until
+from tests.helpers import DEADLINE, TIGHT_JOINS, Peer, flood_joins, make_config, merge, until
 from tests.redisproc import RedisServer, free_port
 
 Node = TestClient[Any, Any]
@@ -647,19 +647,8 @@ async def test_join_leave_flood_ends_with_1008_on_redis(make_node: MakeNode) -> 
     """limits.join_rate holds on the Redis backend: a join/leave flood sent without
     reading gets its burst, then ten rate_limited and close 1008; a member on another
     node saw only the burst's presence frames."""
-    tight = {"limits": {"join_rate": {"messages": 1, "per": 60, "burst": 4}}}
-    a, b = await make_node(tight), await make_node()
+    a, b = await make_node(TIGHT_JOINS), await make_node()
     flooder, watcher = await peer(a, "alice"), await peer(b, "watcher")
     await watcher.join("lobby")
-    for _ in range(50):
-        await flooder.send({"type": "join", "room": "lobby"})
-        await flooder.send({"type": "leave", "room": "lobby"})
-    answers = []
-    while len(answers) < 14:
-        frame = await flooder.recv()
-        answers.append(frame.get("code", frame["type"]))
-    assert answers == ["joined", "left"] * 2 + ["rate_limited"] * 10
-    assert await flooder.closed() == 1008
-    events = [(await watcher.next_is("presence"))["event"] for _ in range(4)]
-    assert events == ["join", "leave", "join", "leave"]
+    await flood_joins(flooder, watcher)
     assert (await readiness(a))[0] == 200
