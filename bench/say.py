@@ -14,7 +14,10 @@ SQLite file in a temporary directory), then measures:
 
 With the throughput it prints the CPU time per acknowledged say of the server's event
 loop (its main thread), of its other threads (SQLite's database thread) and of the
-load generator (this process), read from /proc.
+load generator (this process), read from /proc; how many of the machine's cores were
+busy meanwhile; and, for a store that commits in groups (SQLite), its commits from the
+server's /metrics: how many says each stored, how long each took, and the share of
+the time the database thread spent committing (the rest it waited for work).
 
 It prints one table. Figures go in docs/benchmarks.md; nothing here asserts on time.
 """
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -33,7 +37,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from common import ChatProcess, thread_cpu_seconds  # bench/ is sys.path[0] when run as a script
+from common import (  # bench/ is sys.path[0] when run as a script
+    ChatProcess,
+    busy_seconds,
+    thread_cpu_seconds,
+)
 
 
 class Server(ChatProcess):
@@ -77,6 +85,17 @@ class Sender:
                           "cid": cid}).decode()
         )
         return await asyncio.wait_for(future, 30) - start
+
+
+async def commits(http: aiohttp.ClientSession, server: Server) -> dict[str, float]:
+    """The store's commit counters from /metrics: count, says and seconds so far."""
+    async with http.get(server.http + "/metrics") as response:
+        text = await response.text()
+    found = {}
+    for name in ("seconds_count", "messages_sum", "seconds_sum"):
+        match = re.search(rf"^chat_history_commit_{name} (\S+)$", text, re.M)
+        found[name] = float(match.group(1)) if match else 0.0
+    return found
 
 
 async def connect_all(url: str, count: int, http: aiohttp.ClientSession) -> list[Sender]:
@@ -139,10 +158,15 @@ async def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 await throughput(senders, 1.0)  # warm up
                 pid = server.proc.pid
                 before, gen_before = thread_cpu_seconds(pid), time.process_time()
+                busy_before, commits_before = busy_seconds(), await commits(http, server)
                 started = time.perf_counter()
                 rate = await throughput(senders, args.seconds)
-                says = rate * (time.perf_counter() - started)
+                wall = time.perf_counter() - started
+                says = rate * wall
                 after, gen = thread_cpu_seconds(pid), time.process_time() - gen_before
+                busy = (busy_seconds() - busy_before) / wall
+                spent = {name: value - commits_before[name]
+                         for name, value in (await commits(http, server)).items()}
                 lat = await latency(senders, args.rate, args.rate_seconds)
                 for sender in senders:
                     await sender.ws.close()
@@ -162,6 +186,14 @@ async def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         "threads": sum(after[name] - before.get(name, 0.0)
                        for name in after if name != "main") / says * 1e6,
         "gen": gen / says * 1e6,
+        "busy": busy,
+        # Group commits in the throughput phase (none for memory): says each stored, ms
+        # each took, and the share of the phase the database thread spent in them.
+        "per_commit": spent["messages_sum"] / spent["seconds_count"]
+        if spent["seconds_count"] else None,
+        "commit_ms": spent["seconds_sum"] / spent["seconds_count"] * 1000
+        if spent["seconds_count"] else None,
+        "committing": spent["seconds_sum"] / wall,
     }
 
 
@@ -189,11 +221,15 @@ def main() -> None:
     print(f"{args.senders} senders, one say in flight each; latency at {args.rate:g}/s; "
           f"median of {args.repeat} interleaved runs")
     print(f"{'backend':8} {'acked say/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
-          "  CPU µs/say: loop  other threads  load")
+          "  CPU µs/say: loop  other threads  load  busy cores")
     for r in results:
         print(f"{r['backend']:8} {r['throughput']:12.0f} {r['p50']:8.2f} "
               f"{r['p99']:8.2f} {r['max']:8.2f}  {r['loop']:15.0f} {r['threads']:14.0f}"
-              f" {r['gen']:5.0f}")
+              f" {r['gen']:5.0f} {r['busy']:11.2f}")
+    for r in results:
+        if r["per_commit"] is not None:
+            print(f"{r['backend']} commits: {r['per_commit']:.1f} says each, "
+                  f"{r['commit_ms']:.2f} ms each, committing {r['committing']:.0%} of the time")
     if len(results) == 2:
         first, second = backends
         print(f"{second} / {first} throughput: "

@@ -13,14 +13,19 @@ room's newest id and its retention. Those variants are diagnoses, never how the 
 runs.
 
 It prints the CPU time per say of this thread (user and system: the fsync's kernel work
-counts) and the wall time per say. bench/say.py measures the whole server; this shows the
+counts) and the wall time per say. Last, the pages one commit of a group of ten writes
+to the WAL (each a 4 KiB frame, written to disk again by the next checkpoint), by the
+table or index they belong to. bench/say.py measures the whole server; this shows the
 part of its "other threads" column that is SQLite's own. Nothing here asserts on time.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import sqlite3
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -47,27 +52,66 @@ VARIANTS: dict[str, Sequence[str]] = {
 }
 
 
-def measure(directory: Path, batch: int, says: int, pragmas: Sequence[str]) -> tuple[float, float]:
-    """(CPU µs, wall µs) per say of storing `says` messages `batch` at a time."""
+def batch_of(start: int, count: int) -> list[NewMessage]:
+    """`count` says numbered from `start`: say k is sender k % 50's, in room (k % 50) % 5."""
+    return [
+        NewMessage(f"room{(k % SENDERS) % ROOMS}", f"bench{k % SENDERS}",
+                   f"bench{k % SENDERS}", "benchmark text " * 4, f"c{k}", k)
+        for k in range(start, start + count)
+    ]
+
+
+def wal_pages(directory: Path, batch: int, warm: int = 30_000,
+              commits: int = 200) -> dict[str, float]:
+    """WAL frames per commit of `batch` says, by the table or index each page is of.
+
+    After `warm` says, the WAL is emptied, `commits` batches are stored without a
+    checkpoint, and each frame's page number is read from the WAL (its header's first
+    field) and looked up in SQLite's dbstat table.
+    """
+    path = directory / "pages.db"
+    db = _Database(str(path), 10_000)
+    db.open()
+    try:
+        for start in range(0, warm, batch):
+            db.write(batch_of(start, batch))
+        db.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        for n in range(commits):
+            db.write(batch_of(warm + n * batch, batch))
+        page_size = db.conn.execute("PRAGMA page_size").fetchone()[0]
+        wal = Path(f"{path}-wal").read_bytes()
+        owner = {
+            page: f"{name} ({kind})"
+            for name, page, kind in db.conn.execute("SELECT name, pageno, pagetype FROM dbstat")
+        }
+    except sqlite3.OperationalError as err:  # no dbstat in this SQLite build
+        return {f"(cannot tell: {err})": 0.0}
+    finally:
+        db.close()
+    counts: collections.Counter[str] = collections.Counter()
+    # A 32-byte WAL header, then frames: a 24-byte header (page number first), the page.
+    for offset in range(32, len(wal) - 24, 24 + page_size):
+        (page,) = struct.unpack(">I", wal[offset:offset + 4])
+        counts[owner.get(page, "other")] += 1
+    return {name: count / commits for name, count in counts.most_common()}
+
+
+def measure(directory: Path, batch: int, count: int, pragmas: Sequence[str]) -> tuple[float, float]:
+    """(CPU µs, wall µs) per say of storing `count` messages `batch` at a time."""
     db = _Database(str(directory / "bench.db"), 10_000)
     db.open()
     try:
         for statement in pragmas:
             db.conn.execute(statement).fetchall()
         # The messages are made before the clock starts: the loop builds them, not SQLite.
-        batches = [
-            [
-                NewMessage(f"room{(k % SENDERS) % ROOMS}", f"bench{k % SENDERS}",
-                           f"bench{k % SENDERS}", "benchmark text " * 4, f"c{k}", k)
-                for k in range(start, min(start + batch, says))
-            ]
-            for start in range(0, says, batch)
-        ]
+        batches = [batch_of(start, min(batch, count - start))
+                   for start in range(0, count, batch)]
         cpu, wall = time.thread_time(), time.perf_counter()
         for items in batches:
             db.write(items)
-        return ((time.thread_time() - cpu) / says * 1e6,
-                (time.perf_counter() - wall) / says * 1e6)
+        return ((time.thread_time() - cpu) / count * 1e6,
+                (time.perf_counter() - wall) / count * 1e6)
     finally:
         db.close()
 
@@ -93,6 +137,11 @@ def main() -> None:
         cpu = statistics.median(r[0] for r in results)
         wall = statistics.median(r[1] for r in results)
         print(f"{name:22} {batch:5} {cpu:11.1f} {wall:12.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        pages = wal_pages(Path(tmp), 10)
+    print(f"WAL frames per commit of 10 says, as shipped: {sum(pages.values()):.1f}")
+    for name, frames in pages.items():
+        print(f"  {frames:5.1f}  {name}")
 
 
 if __name__ == "__main__":
