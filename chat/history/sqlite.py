@@ -526,6 +526,9 @@ class SqliteHistory:
         self._idle = False
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None  # done once the thread has ended
+        # The loop the thread answers on, kept from `open`: on Python 3.11 every
+        # `asyncio.get_running_loop()` is a getpid() system call, one per say otherwise.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
         """Open or create the file, upgrade its schema; raises `HistoryOpenError`."""
@@ -533,6 +536,7 @@ class SqliteHistory:
             raise RuntimeError(f"{self.path}: history store already open")
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
         self._stopped = loop.create_future()
         self._closing = False
         # A daemon: if the process exits without close(), the thread dies like a crash
@@ -596,6 +600,12 @@ class SqliteHistory:
                 self._write_error = None  # the probe committed: so will the next batch
         return "ok"
 
+    def _future(self) -> asyncio.Future[Any]:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError(f"{self.path}: history store is not open")
+        return loop.create_future()
+
     def _queue(self, append: _QueuedAppend | None, read: _QueuedRead | None) -> None:
         with self._lock:
             # Checked under the lock the thread takes its last work with: nothing can be
@@ -613,12 +623,12 @@ class SqliteHistory:
             self._bell.put(None)
 
     async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
-        future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Message, bool]] = self._future()
         self._queue((new, future, stored), None)
         return await future
 
     async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._future()
         self._queue(None, (functools.partial(fn, *args), future))
         return cast(_T, await future)
 
