@@ -65,11 +65,17 @@ def create_app(config: Config) -> web.Application:
     routes.setup_routes(app, asset_dir("static"))
     app.router.add_get("/ws", websocket_handler)
 
+    app.on_startup.append(_bind_flusher)
     app.cleanup_ctx.append(_history_ctx)
     app.cleanup_ctx.append(_cluster_ctx)
     app.cleanup_ctx.append(heartbeat.cleanup_ctx)
     app.on_shutdown.append(_close_connections)
     return app
+
+
+async def _bind_flusher(app: web.Application) -> None:
+    """The flusher schedules its writes on the loop the app runs on."""
+    app[FLUSHER].bind(asyncio.get_running_loop())
 
 
 async def _history_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -72,17 +72,24 @@ class Flusher:
     no longer than the rest of the work already due in this one.
     """
 
-    __slots__ = ("_dirty", "_scheduled")
+    __slots__ = ("_dirty", "_loop", "_scheduled")
 
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
         self._scheduled = False
+        # The app's loop, told at its startup (`bind`): on Python 3.11 each
+        # get_running_loop() is a getpid() system call, and `add` runs once per busy
+        # iteration. Unbound (a Flusher on its own), it is looked up each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
 
     def add(self, conn: Connection) -> None:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._run)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._run)
 
     def _run(self) -> None:
         self._scheduled = False
