@@ -234,11 +234,15 @@ class Requests:
     which pushes back on the client through TCP) while REQUEST_BACKLOG are waiting.
     """
 
-    __slots__ = ("_backlog", "_conn", "_hub", "_room", "_task")
+    __slots__ = ("_backlog", "_conn", "_hub", "_loop", "_room", "_task")
 
     def __init__(self, hub: Hub[Connection], conn: Connection) -> None:
         self._hub = hub
         self._conn = conn
+        # Looked up once per connection: on Python 3.11 every get_running_loop() (which
+        # asyncio.create_task calls) is a getpid() system call, and a say that waits for
+        # its store starts a dispatch task.
+        self._loop = asyncio.get_running_loop()
         # A list, not a deque: it holds at most REQUEST_BACKLOG, and an empty list is a
         # tenth of an empty deque's size on every idle connection.
         self._backlog: list[Request] = []
@@ -261,14 +265,14 @@ class Requests:
         """Queue a request; True when the backlog is full and the reader should wait."""
         self._backlog.append(request)
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ws-dispatch")
+            self._task = self._loop.create_task(self._run(), name="ws-dispatch")
         return len(self._backlog) >= REQUEST_BACKLOG
 
     async def room(self) -> None:
         """Wait until the backlog has room again (or the dispatcher has stopped)."""
         if len(self._backlog) < REQUEST_BACKLOG or self._task is None:
             return
-        self._room = asyncio.get_running_loop().create_future()
+        self._room = self._loop.create_future()
         await self._room
 
     async def stop(self) -> None:

@@ -64,9 +64,13 @@ class RedisHistory:
         self._rounds: asyncio.Task[None] | None = None
         # The rounds' own connection: one round is in flight at a time.
         self._lane = link.lane()
+        # The loop, kept from `open`: on Python 3.11 every get_running_loop() (and so
+        # asyncio.create_task) is a getpid() system call, one per say otherwise.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
-        pass  # the cluster connects; a node starts even while Redis is away
+        # The cluster connects; a node starts even while Redis is away.
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
         # After every connection has closed: a round still in flight ends with its reply
@@ -87,10 +91,11 @@ class RedisHistory:
 
     async def append(self, new: NewMessage, stored: Stored | None = None) -> tuple[Message, bool]:
         """Store in the next round (see `_send_rounds`); the answer in id order per room."""
-        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
         self._queue.append((new, future))
         if self._rounds is None or self._rounds.done():
-            self._rounds = asyncio.create_task(self._send_rounds(), name="redis-says")
+            self._rounds = loop.create_task(self._send_rounds(), name="redis-says")
         msg_id, original = await future
         if original:
             answer = (_message(original), False)
