@@ -1,4 +1,5 @@
-"""What the benchmarks share: a `python -m chat` subprocess, CPU pinning, /proc readers.
+"""What the benchmarks share: a `python -m chat` subprocess, CPU pinning, /proc readers,
+a /metrics reader.
 
 The scripts import it as `from common import ...`: run as `python bench/x.py`, a
 script has bench/ as sys.path[0].
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,19 @@ def busy_seconds() -> float:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+async def scrape(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The unlabelled samples of the /metrics page of the server at `base` (its http URL),
+    by name; a labelled one (a histogram's buckets) is left out."""
+    async with http.get(base + "/metrics") as response:
+        text = await response.text()
+    samples = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if value and not line.startswith("#") and "{" not in name:
+            samples[name] = float(value)
+    return samples
 
 
 class ChatProcess:

@@ -46,7 +46,6 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -59,7 +58,13 @@ from typing import Any
 
 import aiohttp
 import orjson
-from common import ROOT, ChatProcess, busy_seconds, cpu_seconds  # bench/: sys.path[0]
+from common import (  # bench/ is sys.path[0] when run as a script
+    ROOT,
+    ChatProcess,
+    busy_seconds,
+    cpu_seconds,
+    scrape,
+)
 from say import Sender, pct
 
 sys.path.insert(0, str(ROOT))
@@ -323,10 +328,7 @@ async def run(setup: str, index: int, args: argparse.Namespace) -> dict[str, Any
                 stall = redis.stalls() if redis is not None else None
                 gaps = 0
                 for node in nodes:
-                    async with http.get(node.http + "/metrics") as response:
-                        found = re.search(r"^chat_redis_gaps_total (\S+)$",
-                                          await response.text(), re.M)
-                        gaps += int(float(found.group(1))) if found else 0
+                    gaps += int((await scrape(http, node.http)).get("chat_redis_gaps_total", 0))
                 for member in members:
                     await member.ws.close()
                     member.reader.cancel()

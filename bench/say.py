@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
@@ -40,6 +39,7 @@ import orjson
 from common import (  # bench/ is sys.path[0] when run as a script
     ChatProcess,
     busy_seconds,
+    scrape,
     thread_cpu_seconds,
 )
 
@@ -89,13 +89,9 @@ class Sender:
 
 async def commits(http: aiohttp.ClientSession, server: Server) -> dict[str, float]:
     """The store's commit counters from /metrics: count, says and seconds so far."""
-    async with http.get(server.http + "/metrics") as response:
-        text = await response.text()
-    found = {}
-    for name in ("seconds_count", "messages_sum", "seconds_sum"):
-        match = re.search(rf"^chat_history_commit_{name} (\S+)$", text, re.M)
-        found[name] = float(match.group(1)) if match else 0.0
-    return found
+    samples = await scrape(http, server.http)
+    return {name: samples.get(f"chat_history_commit_{name}", 0.0)
+            for name in ("seconds_count", "messages_sum", "seconds_sum")}
 
 
 async def connect_all(url: str, count: int, http: aiohttp.ClientSession) -> list[Sender]:
