@@ -77,9 +77,11 @@ class Flusher:
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
         self._scheduled = False
-        # The app's loop, told at its startup (`bind`): on Python 3.11 each
-        # get_running_loop() is a getpid() system call, and `add` runs once per busy
-        # iteration. Unbound (a Flusher on its own), it is looked up each time.
+        # The app's loop, told at its startup (`bind`). On Python 3.11 every
+        # asyncio.get_running_loop(), and so every asyncio.create_task, is a getpid()
+        # system call; `add` runs once per busy iteration, so the loop is kept (as the
+        # stores and each connection's request queue keep theirs). Unbound (a Flusher on
+        # its own), it is looked up each time.
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:

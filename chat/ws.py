@@ -239,9 +239,8 @@ class Requests:
     def __init__(self, hub: Hub[Connection], conn: Connection) -> None:
         self._hub = hub
         self._conn = conn
-        # Looked up once per connection: on Python 3.11 every get_running_loop() (which
-        # asyncio.create_task calls) is a getpid() system call, and a say that waits for
-        # its store starts a dispatch task.
+        # Looked up once per connection (see Flusher), not by asyncio.create_task for
+        # every say that waits for its store.
         self._loop = asyncio.get_running_loop()
         # A list, not a deque: it holds at most REQUEST_BACKLOG, and an empty list is a
         # tenth of an empty deque's size on every idle connection.

@@ -64,12 +64,11 @@ class RedisHistory:
         self._rounds: asyncio.Task[None] | None = None
         # The rounds' own connection: one round is in flight at a time.
         self._lane = link.lane()
-        # The loop, kept from `open`: on Python 3.11 every get_running_loop() (and so
-        # asyncio.create_task) is a getpid() system call, one per say otherwise.
+        # Kept from `open` (see Flusher for why: a getpid() per lookup on Python 3.11).
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
-        # The cluster connects; a node starts even while Redis is away.
+        # Nothing to connect: the cluster does, and a node starts even while Redis is away.
         self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:

@@ -526,8 +526,8 @@ class SqliteHistory:
         self._idle = False
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None  # done once the thread has ended
-        # The loop the thread answers on, kept from `open`: on Python 3.11 every
-        # `asyncio.get_running_loop()` is a getpid() system call, one per say otherwise.
+        # The loop the thread answers on, kept from `open` (see Flusher: a lookup per say
+        # would be a getpid() each on Python 3.11).
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
